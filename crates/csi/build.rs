@@ -1,0 +1,12 @@
+//! Compiles `proto/csi.proto` with protox (pure Rust), so no system `protoc`
+//! is needed, then generates tonic clients and servers from it.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-changed=proto/csi.proto");
+    let fds = protox::compile(["csi.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}
