@@ -1,0 +1,27 @@
+//! haina-sys: the node-side system layer. Everything here is synchronous and
+//! blocking (async callers use `spawn_blocking`), reads the kernel's own
+//! state instead of keeping records, and returns typed errors that name the
+//! path, device or command involved.
+//!
+//! Layout:
+//! - [`exec`]: the one subprocess helper ([`exec::Cmd`]) with timeouts.
+//! - [`loopdev`]: loop devices via `/dev/loop-control` ioctls and sysfs.
+//! - [`mountinfo`]: parser for `/proc/self/mountinfo`.
+//! - [`mount`]: `mount(2)`/`umount2(2)` wrappers and mount-option parsing.
+//! - [`fs`]: probe (blkid), mkfs, grow, statvfs, freeze/thaw, device size.
+
+pub mod exec;
+pub mod fs;
+mod ioctl;
+pub mod loopdev;
+pub mod mount;
+pub mod mountinfo;
+
+pub use rustix::io::Errno;
+pub use rustix::mount::MountFlags;
+
+/// Whether we run with root's effective uid (needed for loop devices,
+/// mounts and freeze); real-device tests skip themselves otherwise.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
