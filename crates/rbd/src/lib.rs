@@ -1,0 +1,34 @@
+//! haina-rbd: a small, safe, blocking wrapper over Ceph's librados/librbd C
+//! API, written by hand (no bindgen) and loaded at run time with
+//! `libloading`, so haina builds and runs its local pools on machines
+//! without Ceph libraries; an RBD operation there fails with
+//! [`LibraryError`] saying which package to install.
+//!
+//! ```no_run
+//! use haina_rbd::{Cluster, ConnectOpts, Features, Secret};
+//! let cluster = Cluster::connect(&ConnectOpts::new("127.0.0.1:3300", "haina", Secret::new("AQ...")))?;
+//! let io = cluster.ioctx("haina")?;
+//! io.create_image("vol-1", 1 << 30, Features::LAYERING | Features::EXCLUSIVE_LOCK)?;
+//! let img = io.open("vol-1")?;
+//! img.metadata_set("haina.io/owner", "pvc-123")?;
+//! # Ok::<(), haina_rbd::Error>(())
+//! ```
+//!
+//! Ownership: a [`Cluster`] (one `rados_t`) is kept open and shared; each
+//! [`IoCtx`] and [`Image`] holds a reference to it, so handles can be
+//! stored freely and the connection closes when the last one is dropped.
+//! All three are `Send + Sync`. Keys travel as [`Secret`] and are only
+//! ever handed to librados in memory.
+
+mod cluster;
+mod error;
+mod ffi;
+mod image;
+mod ioctx;
+mod secret;
+
+pub use cluster::{Cluster, ConnectOpts, LibraryVersions, PoolStats, library_versions};
+pub use error::{Error, LibraryError, Result, errno_name};
+pub use image::{Image, ImageStat, LockMode, LockOwners, ParentInfo, SnapInfo, Watcher};
+pub use ioctx::{CreateOptions, Features, ImageSpec, IoCtx};
+pub use secret::Secret;

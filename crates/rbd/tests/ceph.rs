@@ -1,0 +1,445 @@
+//! Integration tests of haina-rbd against a real Ceph cluster, as booted by
+//! `scripts/ceph/cluster.sh up DIR` (connection from HAINA_CEPH_MON,
+//! HAINA_CEPH_USER, HAINA_CEPH_KEY, HAINA_CEPH_POOL). Without those variables
+//! every test fails with instructions, unless HAINA_SKIP_CEPH=1, which skips
+//! them. Image names are unique per test and process, so tests run in
+//! parallel and leave nothing behind (guards remove what they created).
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use haina_rbd::{Cluster, ConnectOpts, Error, Features, IoCtx, LockMode, Secret};
+
+const BOOT_HELP: &str = "\
+HAINA_CEPH_MON / HAINA_CEPH_USER / HAINA_CEPH_KEY / HAINA_CEPH_POOL are not set.
+Boot the single-node test cluster and export its env:
+    scripts/ceph/install.sh
+    scripts/ceph/cluster.sh up /tmp/haina-ceph
+    eval \"$(scripts/ceph/cluster.sh env /tmp/haina-ceph)\"
+(and `scripts/ceph/cluster.sh down /tmp/haina-ceph` afterwards),
+or set HAINA_SKIP_CEPH=1 to skip the Ceph tests.";
+
+struct Env {
+    opts: ConnectOpts,
+    pool: String,
+    cluster: Cluster,
+}
+
+/// The shared connection, or `None` if the Ceph tests are skipped.
+fn env() -> Option<&'static Env> {
+    if std::env::var("HAINA_SKIP_CEPH").as_deref() == Ok("1") {
+        println!("skipped: HAINA_SKIP_CEPH=1");
+        return None;
+    }
+    static ENV: OnceLock<Env> = OnceLock::new();
+    Some(ENV.get_or_init(|| {
+        let var = |k: &str| match std::env::var(k) {
+            Ok(v) if !v.is_empty() => v,
+            _ => panic!("{k} missing.\n{BOOT_HELP}"),
+        };
+        let mut opts = ConnectOpts::new(
+            var("HAINA_CEPH_MON"),
+            var("HAINA_CEPH_USER"),
+            Secret::new(var("HAINA_CEPH_KEY")),
+        );
+        opts.timeout = Duration::from_secs(20);
+        let pool = var("HAINA_CEPH_POOL");
+        let cluster = Cluster::connect(&opts).unwrap_or_else(|e| {
+            panic!("cannot connect to the test cluster: {e}\n(is it up? `scripts/ceph/cluster.sh up DIR`)")
+        });
+        Env {
+            opts,
+            pool,
+            cluster,
+        }
+    }))
+}
+
+impl Env {
+    fn io(&self) -> IoCtx {
+        self.cluster.ioctx(&self.pool).expect("ioctx")
+    }
+
+    /// A second, independent client (as another node would be).
+    fn second_client(&self) -> Cluster {
+        Cluster::connect(&self.opts).expect("second connection")
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "t-{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Removes an image (and its snapshots) when dropped.
+struct Cleanup {
+    io: IoCtx,
+    name: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(img) = self.io.open(&self.name) {
+            for s in img.snap_list().unwrap_or_default() {
+                if img.snap_is_protected(&s.name).unwrap_or(false) {
+                    let _ = img.snap_unprotect(&s.name);
+                }
+                let _ = img.snap_remove(&s.name);
+            }
+        }
+        match self.io.remove_image(&self.name) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => eprintln!("cleanup of {}: {e}", self.name),
+        }
+    }
+}
+
+fn create(io: &IoCtx, prefix: &str, size: u64, features: Features) -> (String, Cleanup) {
+    let name = unique(prefix);
+    io.create_image(&name, size, features)
+        .unwrap_or_else(|e| panic!("create {name}: {e}"));
+    let guard = Cleanup {
+        io: io.clone(),
+        name: name.clone(),
+    };
+    (name, guard)
+}
+
+const MIB: u64 = 1 << 20;
+
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+#[test]
+fn image_lifecycle() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (name, _guard) = create(&io, "life", 64 * MIB, Features::DEFAULT);
+
+    assert!(io.list_images().unwrap().contains(&name));
+    assert!(
+        io.list_image_specs()
+            .unwrap()
+            .iter()
+            .any(|s| s.name == name && !s.id.is_empty())
+    );
+    let err = io.create_image(&name, MIB, Features::LAYERING).unwrap_err();
+    assert!(err.is_already_exists(), "{err}");
+    assert_eq!(err.errno_name(), Some("EEXIST"));
+    assert!(io.image_exists(&name).unwrap());
+
+    let img = io.open(&name).unwrap();
+    assert_eq!(img.size().unwrap(), 64 * MIB);
+    assert_eq!(img.features().unwrap(), Features::DEFAULT);
+    let st = img.stat().unwrap();
+    assert_eq!((st.size, st.order, st.obj_size), (64 * MIB, 22, 4 * MIB));
+    assert!(st.block_name_prefix.starts_with("rbd_data."), "{st:?}");
+    assert!(!img.id().unwrap().is_empty());
+
+    img.resize(128 * MIB).unwrap();
+    assert_eq!(img.size().unwrap(), 128 * MIB);
+
+    // Metadata, including more keys than one listing page (64).
+    assert_eq!(img.metadata_get("haina.io/missing").unwrap(), None);
+    img.metadata_set("haina.io/owner", "pvc-1234").unwrap();
+    assert_eq!(
+        img.metadata_get("haina.io/owner").unwrap().as_deref(),
+        Some("pvc-1234")
+    );
+    let long = "v".repeat(1000); // longer than the first 256-byte buffer
+    img.metadata_set("haina.io/long", &long).unwrap();
+    assert_eq!(
+        img.metadata_get("haina.io/long").unwrap(),
+        Some(long.clone())
+    );
+    for i in 0..70 {
+        img.metadata_set(&format!("k{i:03}"), &format!("value-{i}"))
+            .unwrap();
+    }
+    let all = img.metadata_list().unwrap();
+    assert_eq!(all.len(), 72, "{:?}", &all[..3]);
+    assert!(all.contains(&("k069".to_string(), "value-69".to_string())));
+    assert!(all.contains(&("haina.io/long".to_string(), long)));
+    assert!(img.metadata_remove("haina.io/owner").unwrap());
+    assert!(!img.metadata_remove("haina.io/owner").unwrap());
+    assert_eq!(img.metadata_get("haina.io/owner").unwrap(), None);
+
+    // I/O round trip, discard, flush.
+    let data = pattern(7, 100_000);
+    img.write_at(5 * MIB + 17, &data).unwrap();
+    img.flush().unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(img.read_at(5 * MIB + 17, &mut back).unwrap(), data.len());
+    assert_eq!(back, data);
+    img.discard(5 * MIB, 4 * MIB).unwrap();
+    img.read_at(5 * MIB + 17, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+    // Reads stop at the end of the image.
+    let mut tail = vec![0u8; 4096];
+    assert_eq!(img.read_at(128 * MIB - 1000, &mut tail).unwrap(), 1000);
+    img.close().unwrap();
+
+    io.remove_image(&name).unwrap();
+    assert!(!io.list_images().unwrap().contains(&name));
+    let err = io.remove_image(&name).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+}
+
+#[test]
+fn missing_things_are_not_found() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let name = unique("missing");
+
+    let err = io.open(&name).unwrap_err();
+    assert!(matches!(err, Error::NotFound { .. }), "{err:?}");
+    assert_eq!(err.errno_name(), Some("ENOENT"));
+    assert_eq!(
+        err.to_string(),
+        format!("rbd_open {}/{name}: not found (ENOENT)", env.pool)
+    );
+    assert!(io.open_read_only(&name).unwrap_err().is_not_found());
+    assert!(io.remove_image(&name).unwrap_err().is_not_found());
+    assert!(!io.image_exists(&name).unwrap());
+    let err = env.cluster.ioctx("no-such-pool-haina").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+
+    let (img_name, _g) = create(&io, "nosnap", MIB, Features::LAYERING);
+    let img = io.open(&img_name).unwrap();
+    assert!(img.snap_remove("nope").unwrap_err().is_not_found());
+    assert!(!img.snap_exists("nope").unwrap());
+    assert!(
+        io.open_snapshot(&img_name, "nope")
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+#[test]
+fn snapshot_clone_v2_and_flatten() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (parent_name, _pg) = create(&io, "parent", 32 * MIB, Features::DEFAULT);
+    let parent = io.open(&parent_name).unwrap();
+    let a = pattern(1, 64 * 1024);
+    let a2 = pattern(2, 5000);
+    parent.write_at(0, &a).unwrap();
+    parent.write_at(4 * MIB + 123, &a2).unwrap();
+    parent.flush().unwrap();
+
+    parent.snap_create("s1").unwrap();
+    assert!(parent.snap_exists("s1").unwrap());
+    let snaps = parent.snap_list().unwrap();
+    assert_eq!(snaps.len(), 1);
+    assert_eq!((snaps[0].name.as_str(), snaps[0].size), ("s1", 32 * MIB));
+    assert!(parent.snap_create("s1").unwrap_err().is_already_exists());
+
+    // Overwrite after the snapshot: clones must not see this.
+    let b = pattern(99, 64 * 1024);
+    parent.write_at(0, &b).unwrap();
+    parent.flush().unwrap();
+
+    // Clone v2 from an unprotected snapshot.
+    assert!(!parent.snap_is_protected("s1").unwrap());
+    let child_name = unique("child");
+    io.clone_image(&io, &parent_name, "s1", &child_name, Features::DEFAULT)
+        .unwrap();
+    let _cg = Cleanup {
+        io: io.clone(),
+        name: child_name.clone(),
+    };
+    let child = io.open(&child_name).unwrap();
+    let p = child.parent_info().unwrap().expect("clone has a parent");
+    assert_eq!(
+        (
+            p.pool_name.as_str(),
+            p.image_name.as_str(),
+            p.snap_name.as_str()
+        ),
+        (env.pool.as_str(), parent_name.as_str(), "s1")
+    );
+    assert_eq!(p.snap_id, snaps[0].id);
+    assert!(!p.image_in_trash);
+    assert_eq!(parent.parent_info().unwrap(), None);
+
+    let mut buf = vec![0u8; a.len()];
+    child.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, a, "clone must show the data as of the snapshot");
+    let mut buf2 = vec![0u8; a2.len()];
+    child.read_at(4 * MIB + 123, &mut buf2).unwrap();
+    assert_eq!(buf2, a2);
+
+    // The snapshot itself, opened read-only, shows the same.
+    let snap = io.open_snapshot(&parent_name, "s1").unwrap();
+    snap.read_at(0, &mut buf).unwrap();
+    assert_eq!(buf, a);
+    drop(snap);
+
+    // Writes to the clone do not reach the parent.
+    let c = pattern(50, 4096);
+    child.write_at(0, &c).unwrap();
+    let mut pb = vec![0u8; 4096];
+    parent.read_at(0, &mut pb).unwrap();
+    assert_eq!(pb, b[..4096]);
+
+    // Flatten detaches the clone and keeps its data.
+    child.flatten().unwrap();
+    assert_eq!(child.parent_info().unwrap(), None);
+    child.read_at(4 * MIB + 123, &mut buf2).unwrap();
+    assert_eq!(buf2, a2);
+
+    // Protect / unprotect round trip, then remove the snapshot.
+    parent.snap_protect("s1").unwrap();
+    assert!(parent.snap_is_protected("s1").unwrap());
+    assert!(
+        parent.snap_remove("s1").is_err(),
+        "protected snapshot removed"
+    );
+    parent.snap_unprotect("s1").unwrap();
+    parent.snap_remove("s1").unwrap();
+    assert!(parent.snap_list().unwrap().is_empty());
+}
+
+#[test]
+fn watchers_follow_opens() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (name, _g) = create(&io, "watch", 8 * MIB, Features::DEFAULT);
+
+    // A read-only open does not watch.
+    let ro = io.open_read_only(&name).unwrap();
+    assert!(ro.is_read_only());
+    assert!(ro.list_watchers().unwrap().is_empty());
+
+    let h1 = io.open(&name).unwrap();
+    let w = h1.list_watchers().unwrap();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].id as u64, env.cluster.instance_id());
+    assert!(w[0].addr.starts_with("127.0.0.1:"), "{w:?}");
+
+    let other = env.second_client();
+    let h2 = other.ioctx(&env.pool).unwrap().open(&name).unwrap();
+    let mut ids: Vec<u64> = h1
+        .list_watchers()
+        .unwrap()
+        .iter()
+        .map(|w| w.id as u64)
+        .collect();
+    ids.sort();
+    let mut want = vec![env.cluster.instance_id(), other.instance_id()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // An image in use cannot be removed.
+    let err = io.remove_image(&name).unwrap_err();
+    assert!(err.is_busy(), "{err}");
+
+    drop(h2);
+    assert_eq!(ro.list_watchers().unwrap().len(), 1);
+    drop(h1);
+    assert!(ro.list_watchers().unwrap().is_empty());
+}
+
+#[test]
+fn exclusive_lock_is_exclusive() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (name, _g) = create(&io, "lock", 8 * MIB, Features::DEFAULT);
+
+    let h1 = io.open(&name).unwrap();
+    assert_eq!(h1.lock_get_owners().unwrap(), None);
+    h1.lock_acquire_exclusive().unwrap();
+    assert!(h1.is_exclusive_lock_owner().unwrap());
+
+    let other = env.second_client();
+    let h2 = other.ioctx(&env.pool).unwrap().open(&name).unwrap();
+    let owners = h2.lock_get_owners().unwrap().expect("lock is held");
+    assert_eq!(owners.mode, LockMode::Exclusive);
+    assert_eq!(owners.owners.len(), 1, "{owners:?}");
+    assert!(!h2.is_exclusive_lock_owner().unwrap());
+    let err = h2.lock_acquire_exclusive().unwrap_err();
+    assert!(
+        matches!(err.errno_name(), Some("EROFS" | "EBUSY")),
+        "second acquire: {err}"
+    );
+    let err = h2.write_at(0, b"nope").unwrap_err();
+    assert_eq!(err.errno_name(), Some("EROFS"), "write without lock: {err}");
+
+    h1.write_at(0, b"mine").unwrap();
+    h1.lock_release().unwrap();
+    assert!(!h1.is_exclusive_lock_owner().unwrap());
+    h2.lock_acquire_exclusive().unwrap();
+    assert!(h2.is_exclusive_lock_owner().unwrap());
+    h2.write_at(0, b"ours").unwrap();
+    h2.lock_release().unwrap();
+}
+
+#[test]
+fn pool_stats_report_capacity() {
+    let Some(env) = env() else { return };
+    let s = env.cluster.pool_stats(&env.pool).unwrap();
+    assert!(s.bytes_avail > 0, "{s:?}");
+    assert!(s.avail_is_pool_max, "ceph df should answer: {s:?}");
+    let err = env.cluster.pool_stats("no-such-pool-haina").unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(!env.cluster.fsid().unwrap().is_empty());
+}
+
+#[test]
+fn bad_key_is_refused_without_leaking_it() {
+    let Some(env) = env() else { return };
+    let mut opts = env.opts.clone();
+    // A well-formed key that is not the user's. Ceph keeps retrying the
+    // handshake, so this fails with ETIMEDOUT once `timeout` has passed.
+    opts.key = Secret::new("AQBzd3ZoAAAAABAAkSLmLkcvrgBqJZIbEiyZ1A==");
+    opts.timeout = Duration::from_secs(3);
+    let err = Cluster::connect(&opts).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("client.haina") || msg.contains(&env.opts.user),
+        "{msg}"
+    );
+    assert!(!msg.contains("AQBzd3Zo"), "key leaked: {msg}");
+    assert!(!format!("{err:?}").contains("AQBzd3Zo"));
+    assert!(!format!("{opts:?}").contains("AQBzd3Zo"));
+}
+
+#[test]
+fn one_handle_shared_by_threads() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (name, _g) = create(&io, "threads", 16 * MIB, Features::DEFAULT);
+    let img = std::sync::Arc::new(io.open(&name).unwrap());
+    let workers: Vec<_> = (0..4u8)
+        .map(|t| {
+            let img = img.clone();
+            std::thread::spawn(move || {
+                for round in 0..8u8 {
+                    let off = u64::from(t) * 4 * MIB + u64::from(round) * 65536;
+                    let data = pattern(t.wrapping_mul(16).wrapping_add(round), 65536);
+                    img.write_at(off, &data).unwrap();
+                    let mut back = vec![0u8; data.len()];
+                    img.read_at(off, &mut back).unwrap();
+                    assert_eq!(back, data);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    img.flush().unwrap();
+}
