@@ -1,0 +1,534 @@
+//! The embedded default pool: image files in a directory on this node,
+//! attached as loop devices with direct I/O.
+//!
+//! Layout under the pool's directory (IDs are validated, so every name is a
+//! single safe path component):
+//!
+//! ```text
+//! volumes/<object>.img    the volume's bytes (sparse)
+//! volumes/<object>.json   its record: name, size, context, publications
+//! snapshots/<object>.img  a point-in-time copy (reflink or sparse copy)
+//! snapshots/<object>.json
+//! ```
+//!
+//! Crash safety: a record is written (atomically) with `creating: true`
+//! before any image exists; the image is built under a temp name and
+//! renamed into place; only then is the record marked ready. A retry after
+//! `kill -9` at any point finds the record and finishes the job, and a
+//! delete removes the image before the record, so nothing is orphaned.
+//!
+//! Attachments are found from the kernel (`/sys/block/loop*/loop/backing_file`),
+//! never from a record, so a restarted node plugin re-adopts its loop devices.
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use haina_sys::loopdev::{self, AttachOptions};
+use haina_sys::mountinfo::MountTable;
+use serde::{Deserialize, Serialize};
+
+use super::copy::{self, CopyMethod};
+use super::{Attachment, Backend, CreateSpec};
+use crate::error::{Error, Result};
+use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::volume::{
+    Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
+    TOPOLOGY_NODE_KEY, Volume,
+};
+use crate::{failpoint, state};
+
+pub struct LocalPool {
+    name: PoolName,
+    root: PathBuf,
+    node_id: String,
+    direct_io: bool,
+    copy: CopyMethod,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VolumeRecord {
+    #[serde(flatten)]
+    volume: Volume,
+    #[serde(default)]
+    creating: bool,
+}
+
+fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
+    Error::internal(format!("{what} {}", path.display()), e)
+}
+
+impl LocalPool {
+    /// Opens (creating if needed) the pool at `root`, and probes its copy method.
+    pub fn open(name: PoolName, root: PathBuf, node_id: String, direct_io: bool) -> Result<Self> {
+        for sub in ["volumes", "snapshots"] {
+            let d = root.join(sub);
+            fs::create_dir_all(&d).map_err(|e| io_err("creating pool directory", &d, e))?;
+        }
+        let copy =
+            CopyMethod::probe(&root).map_err(|e| io_err("probing reflink support in", &root, e))?;
+        tracing::info!(pool = %name, root = %root.display(), copy = copy.as_str(), direct_io, "local pool ready");
+        Ok(Self {
+            name,
+            root,
+            node_id,
+            direct_io,
+            copy,
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn copy_method(&self) -> CopyMethod {
+        self.copy
+    }
+
+    fn own(&self, id: &VolumeId) -> Result<()> {
+        if id.pool() != &self.name {
+            return Err(Error::internal(
+                format!("ID {id} routed to pool {}", self.name),
+                io::Error::other("pool mismatch"),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn volume_image(&self, id: &VolumeId) -> PathBuf {
+        self.root
+            .join("volumes")
+            .join(format!("{}.img", id.object()))
+    }
+    fn volume_record(&self, id: &VolumeId) -> PathBuf {
+        self.root
+            .join("volumes")
+            .join(format!("{}.json", id.object()))
+    }
+    fn snapshot_image(&self, id: &SnapshotId) -> PathBuf {
+        self.root
+            .join("snapshots")
+            .join(format!("{}.img", id.object()))
+    }
+    fn snapshot_record(&self, id: &SnapshotId) -> PathBuf {
+        self.root
+            .join("snapshots")
+            .join(format!("{}.json", id.object()))
+    }
+
+    fn read_volume(&self, id: &VolumeId) -> Result<Option<VolumeRecord>> {
+        self.own(id)?;
+        Ok(state::read(&self.volume_record(id))?)
+    }
+
+    /// Builds `dst` from `src` (or empty) under a temp name, sized `len`, then renames it in.
+    fn build_image(&self, dst: &Path, src: Option<&Path>, len: u64) -> Result<()> {
+        let tmp = dst.with_extension("img.tmp");
+        if let Some(src) = src {
+            copy::copy_file(src, &tmp, self.copy).map_err(|e| {
+                let _ = fs::remove_file(&tmp);
+                io_err(
+                    &format!("copying ({}) {} to", self.copy.as_str(), src.display()),
+                    &tmp,
+                    e,
+                )
+            })?;
+            failpoint::hit("copy-image").inspect_err(|_| {
+                let _ = fs::remove_file(&tmp);
+            })?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(src.is_none())
+            .open(&tmp)
+            .map_err(|e| io_err("creating image", &tmp, e))?;
+        if f.metadata().map_err(|e| io_err("stat", &tmp, e))?.len() < len {
+            f.set_len(len)
+                .map_err(|e| io_err("sizing image", &tmp, e))?;
+        }
+        f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
+        failpoint::hit("create-image")?;
+        fs::rename(&tmp, dst).map_err(|e| io_err("renaming image into place", dst, e))?;
+        state::sync_dir(dst.parent().unwrap_or(&self.root))?;
+        Ok(())
+    }
+
+    fn source_image(&self, source: &ContentSource) -> Result<PathBuf> {
+        let (field, raw, snapshot) = match source {
+            ContentSource::Snapshot(s) => ("volume_content_source.snapshot.snapshot_id", s, true),
+            ContentSource::Volume(v) => ("volume_content_source.volume.volume_id", v, false),
+        };
+        let id = VolumeId::parse_existing(field, raw)?;
+        if id.pool() != &self.name {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw} is in pool {}, but the new volume is in pool {}; copy across pools is not supported",
+                id.pool(),
+                self.name
+            )));
+        }
+        let (path, ready) = if snapshot {
+            (self.snapshot_image(&id), self.get_snapshot(&id)?.is_some())
+        } else {
+            (self.volume_image(&id), self.get_volume(&id)?.is_some())
+        };
+        if !ready {
+            return Err(Error::NotFound(format!("{field} {raw} does not exist")));
+        }
+        Ok(path)
+    }
+
+    /// The mount points of the filesystem on `image`'s loop device, if mounted here.
+    fn mounted_at(&self, image: &Path) -> Result<Vec<PathBuf>> {
+        let devs = loopdev::find_by_backing_file(image)
+            .map_err(|e| Error::internal("looking up loop devices", e))?;
+        if devs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let table = MountTable::read().map_err(|e| Error::internal("reading mountinfo", e))?;
+        let mut points = Vec::new();
+        for dev in devs {
+            let (major, minor) = dev
+                .dev_t()
+                .map_err(|e| Error::internal("reading loop dev_t", e))?;
+            points.extend(
+                table
+                    .mounts_of_dev(major, minor)
+                    .into_iter()
+                    .map(|m| m.mount_point.clone()),
+            );
+        }
+        Ok(points)
+    }
+}
+
+impl Backend for LocalPool {
+    fn name(&self) -> &PoolName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "local"
+    }
+
+    fn topology(&self) -> Option<Segments> {
+        Some([(TOPOLOGY_NODE_KEY.to_string(), self.node_id.clone())].into())
+    }
+
+    fn check_capability(&self, cap: &Capability) -> Result<()> {
+        if cap.mode.is_multi_node() {
+            return Err(Error::InvalidArgument(format!(
+                "access mode {} is not supported by local pool {:?}: its volumes live on one node; use a Ceph RBD pool for multi-node access",
+                cap.mode.name(),
+                self.name.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Result<()> {
+        let probe = self.root.join("volumes");
+        rustix::fs::access(&probe, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| io_err("pool directory is not writable:", &probe, e.into()))
+    }
+
+    fn describe(&self) -> Vec<(String, String)> {
+        vec![
+            ("path".into(), self.root.display().to_string()),
+            ("copyMethod".into(), self.copy.as_str().into()),
+            ("directIO".into(), self.direct_io.to_string()),
+        ]
+    }
+
+    fn create_volume(&self, spec: &CreateSpec, _secrets: &Secrets) -> Result<Volume> {
+        self.own(&spec.id)?;
+        let record_path = self.volume_record(&spec.id);
+        let mut record = match self.read_volume(&spec.id)? {
+            Some(r) if !r.creating => return Ok(r.volume),
+            // A create that crashed half-way: finish it if it asked for the same thing.
+            Some(r) => {
+                let same = r.volume.name == spec.name
+                    && r.volume.capacity == spec.capacity
+                    && r.volume.source == spec.source
+                    && r.volume.context == spec.context;
+                if !same {
+                    return Err(Error::AlreadyExists(format!(
+                        "volume {} is being created from a different request",
+                        spec.id
+                    )));
+                }
+                r
+            }
+            None => {
+                let record = VolumeRecord {
+                    volume: Volume {
+                        id: spec.id.to_string(),
+                        name: spec.name.clone(),
+                        capacity: spec.capacity,
+                        context: spec.context.clone(),
+                        source: spec.source.clone(),
+                        publications: BTreeMap::new(),
+                        created: crate::volume::now_unix().0 as u64,
+                    },
+                    creating: true,
+                };
+                state::write(&record_path, &record)?;
+                record
+            }
+        };
+        let src = spec
+            .source
+            .as_ref()
+            .map(|s| self.source_image(s))
+            .transpose()?;
+        self.build_image(&self.volume_image(&spec.id), src.as_deref(), spec.capacity)?;
+        record.creating = false;
+        state::write(&record_path, &record)?;
+        Ok(record.volume)
+    }
+
+    fn delete_volume(&self, id: &VolumeId, _secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let image = self.volume_image(id);
+        let devs = loopdev::find_by_backing_file(&image)
+            .map_err(|e| Error::internal("looking up loop devices", e))?;
+        if let Some(dev) = devs.first() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still attached on this node as {}; unstage it first",
+                dev.path().display()
+            )));
+        }
+        if let Some(r) = self.read_volume(id)? {
+            if !r.volume.publications.is_empty() {
+                let nodes: Vec<_> = r.volume.publications.keys().cloned().collect();
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is still published to node(s) {}; unpublish it first",
+                    nodes.join(", ")
+                )));
+            }
+        }
+        for p in [image.with_extension("img.tmp"), image] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &p, e)),
+            }
+        }
+        failpoint::hit("delete-between")?;
+        state::remove(&self.volume_record(id))?;
+        Ok(())
+    }
+
+    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
+        Ok(self
+            .read_volume(id)?
+            .filter(|r| !r.creating)
+            .map(|r| r.volume))
+    }
+
+    fn list_volumes(&self) -> Result<Vec<Volume>> {
+        let mut out = Vec::new();
+        for object in state::list(&self.root.join("volumes"))? {
+            let id = VolumeId::parse_existing("volume", &format!("{}.{object}", self.name))?;
+            if let Some(v) = self.get_volume(&id)? {
+                out.push(v);
+            }
+        }
+        Ok(out)
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let st =
+            rustix::fs::statvfs(&self.root).map_err(|e| io_err("statvfs", &self.root, e.into()))?;
+        let available = st.f_bavail * st.f_frsize;
+        Ok(Capacity {
+            available,
+            maximum_volume_size: Some(available),
+        })
+    }
+
+    fn set_publication(
+        &self,
+        id: &VolumeId,
+        node: &str,
+        publication: Option<Publication>,
+    ) -> Result<Volume> {
+        let mut r = self
+            .read_volume(id)?
+            .filter(|r| !r.creating)
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        match publication {
+            Some(p) => r.volume.publications.insert(node.to_string(), p),
+            None => r.volume.publications.remove(node),
+        };
+        state::write(&self.volume_record(id), &r)?;
+        Ok(r.volume)
+    }
+
+    fn expand_volume(&self, id: &VolumeId, size: u64, _secrets: &Secrets) -> Result<u64> {
+        let mut r = self
+            .read_volume(id)?
+            .filter(|r| !r.creating)
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let image = self.volume_image(id);
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .map_err(|e| io_err("opening", &image, e))?;
+        let len = f.metadata().map_err(|e| io_err("stat", &image, e))?.len();
+        if len < size {
+            f.set_len(size).map_err(|e| io_err("growing", &image, e))?;
+            f.sync_all().map_err(|e| io_err("fsync", &image, e))?;
+        }
+        if r.volume.capacity < size {
+            r.volume.capacity = size;
+            state::write(&self.volume_record(id), &r)?;
+        }
+        // An attached device on this node sees the new size at once.
+        for dev in loopdev::find_by_backing_file(&image)
+            .map_err(|e| Error::internal("finding loop devices", e))?
+        {
+            loopdev::refresh_capacity(&dev)
+                .map_err(|e| Error::internal("refreshing loop capacity", e))?;
+        }
+        Ok(r.volume.capacity.max(size))
+    }
+
+    fn create_snapshot(
+        &self,
+        id: &SnapshotId,
+        name: &str,
+        source: &VolumeId,
+        _secrets: &Secrets,
+    ) -> Result<Snapshot> {
+        self.own(id)?;
+        if let Some(s) = self.get_snapshot(id)? {
+            if s.source_volume_id != source.to_string() {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {name:?} already exists for source volume {}",
+                    s.source_volume_id
+                )));
+            }
+            return Ok(s);
+        }
+        let vol = self
+            .get_volume(source)?
+            .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
+        let src = self.volume_image(source);
+        let dst = self.snapshot_image(id);
+        // Freeze a mounted filesystem so the copy is consistent; the guard
+        // thaws it on every path out of this block, errors included.
+        let mounts = self.mounted_at(&src)?;
+        let guard = match mounts.first() {
+            Some(mp) => Some(
+                haina_sys::fs::FreezeGuard::freeze(mp)
+                    .map_err(|e| Error::internal(format!("freezing {}", mp.display()), e))?,
+            ),
+            None => None,
+        };
+        let copied = self.build_image(&dst, Some(&src), 0);
+        drop(guard);
+        copied?;
+        let snap = Snapshot {
+            id: id.to_string(),
+            name: name.to_string(),
+            source_volume_id: source.to_string(),
+            size: vol.capacity,
+            created: crate::volume::now_unix(),
+            ready: true,
+        };
+        state::write(&self.snapshot_record(id), &snap)?;
+        Ok(snap)
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let image = self.snapshot_image(id);
+        for p in [image.with_extension("img.tmp"), image] {
+            match fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("removing", &p, e)),
+            }
+        }
+        state::remove(&self.snapshot_record(id))?;
+        Ok(())
+    }
+
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        self.own(id)?;
+        // The record is written only after the image is in place.
+        Ok(state::read(&self.snapshot_record(id))?)
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        let mut out = Vec::new();
+        for object in state::list(&self.root.join("snapshots"))? {
+            let id = SnapshotId::parse_existing("snapshot", &format!("{}.{object}", self.name))?;
+            if let Some(s) = self.get_snapshot(&id)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn attach(&self, id: &VolumeId, _secrets: &Secrets) -> Result<Attachment> {
+        self.own(id)?;
+        let image = self.volume_image(id);
+        if !image.exists() || self.get_volume(id)?.is_none() {
+            return Err(Error::NotFound(format!(
+                "volume {id} does not exist in pool {}",
+                self.name
+            )));
+        }
+        let opts = AttachOptions {
+            direct_io: self.direct_io,
+            read_only: false,
+        };
+        let (dev, newly_attached) = loopdev::attach_or_find(&image, &opts).map_err(|e| {
+            Error::internal(format!("attaching {} to a loop device", image.display()), e)
+        })?;
+        Ok(Attachment {
+            device: dev.path(),
+            mounter: "loop",
+            backing: image.display().to_string(),
+            newly_attached,
+        })
+    }
+
+    fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>> {
+        self.own(id)?;
+        let image = self.volume_image(id);
+        let devs = loopdev::find_by_backing_file(&image)
+            .map_err(|e| Error::internal("looking up loop devices", e))?;
+        Ok(devs.first().map(|dev| Attachment {
+            device: dev.path(),
+            mounter: "loop",
+            backing: image.display().to_string(),
+            newly_attached: false,
+        }))
+    }
+
+    fn detach(&self, id: &VolumeId) -> Result<()> {
+        self.own(id)?;
+        let image = self.volume_image(id);
+        for dev in loopdev::find_by_backing_file(&image)
+            .map_err(|e| Error::internal("looking up loop devices", e))?
+        {
+            loopdev::detach(&dev)
+                .map_err(|e| Error::internal(format!("detaching {}", dev.path().display()), e))?;
+        }
+        Ok(())
+    }
+
+    fn refresh_size(&self, id: &VolumeId) -> Result<u64> {
+        let image = self.volume_image(id);
+        let devs = loopdev::find_by_backing_file(&image)
+            .map_err(|e| Error::internal("looking up loop devices", e))?;
+        let dev = devs.first().ok_or_else(|| {
+            Error::FailedPrecondition(format!("volume {id} is not attached on this node"))
+        })?;
+        loopdev::refresh_capacity(dev).map_err(|e| Error::internal("refreshing loop capacity", e))
+    }
+}

@@ -1,0 +1,97 @@
+//! Backends ("pools"): where volumes live and how a node reaches them.
+//!
+//! Every pool kind implements [`Backend`], one file each:
+//! - [`local`]: image files in a directory, attached as loop devices;
+//! - `rbd`: Ceph RBD images (see the Ceph issue).
+//!
+//! Methods are blocking; the gRPC layer calls them from `spawn_blocking`
+//! while holding the per-volume guard, so a backend never sees two calls for
+//! the same volume at once. Every method is idempotent: a retried call after
+//! a crash at any point converges on the same result.
+
+pub mod copy;
+pub mod local;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::error::Result;
+use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::volume::{
+    Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot, Volume,
+};
+
+/// What CreateVolume asks a backend for (already validated and sized).
+#[derive(Debug, Clone)]
+pub struct CreateSpec {
+    pub id: VolumeId,
+    pub name: String,
+    pub capacity: u64,
+    pub context: std::collections::BTreeMap<String, String>,
+    pub source: Option<ContentSource>,
+}
+
+/// A volume attached to this node as a block device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub device: PathBuf,
+    /// `loop`, `fuse`, `krbd` or `nbd`.
+    pub mounter: &'static str,
+    /// What backs the device: an image file path or `pool/image`.
+    pub backing: String,
+    /// True when this call created the attachment (so a failed stage undoes it).
+    pub newly_attached: bool,
+}
+
+pub trait Backend: Send + Sync {
+    fn name(&self) -> &PoolName;
+    /// `local` or `rbd`.
+    fn kind(&self) -> &'static str;
+    /// Where volumes of this pool are accessible; `None` means everywhere.
+    fn topology(&self) -> Option<Segments>;
+    /// Refuses capabilities this pool cannot serve (INVALID_ARGUMENT).
+    fn check_capability(&self, cap: &Capability) -> Result<()>;
+    /// Is the pool usable right now? (Probe and /healthz.)
+    fn health(&self) -> Result<()>;
+    /// Extra facts for logs and `explain` (e.g. the copy method).
+    fn describe(&self) -> Vec<(String, String)>;
+
+    // ---- controller
+    fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume>;
+    fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()>;
+    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>>;
+    /// All volumes, sorted by ID.
+    fn list_volumes(&self) -> Result<Vec<Volume>>;
+    fn capacity(&self) -> Result<Capacity>;
+    /// Records (`Some`) or clears (`None`) a node's publication.
+    fn set_publication(
+        &self,
+        id: &VolumeId,
+        node: &str,
+        publication: Option<Publication>,
+    ) -> Result<Volume>;
+    /// Grows the volume to `size` bytes; returns the new size.
+    fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64>;
+    fn create_snapshot(
+        &self,
+        id: &SnapshotId,
+        name: &str,
+        source: &VolumeId,
+        secrets: &Secrets,
+    ) -> Result<Snapshot>;
+    fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()>;
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>>;
+    /// All snapshots, sorted by ID.
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
+
+    // ---- node
+    /// Attaches the volume to this node (or finds the existing attachment).
+    fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment>;
+    /// The existing attachment, from the kernel's view, if any.
+    fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>>;
+    fn detach(&self, id: &VolumeId) -> Result<()>;
+    /// Makes an attached device see a grown image; returns the device size.
+    fn refresh_size(&self, id: &VolumeId) -> Result<u64>;
+}
+
+pub type SharedBackend = Arc<dyn Backend>;

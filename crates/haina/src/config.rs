@@ -1,0 +1,168 @@
+//! The pool configuration (`--config FILE`, TOML).
+//!
+//! ```toml
+//! default_pool = "default"      # used when a StorageClass names no pool
+//!
+//! [pools.default]
+//! kind = "local"                # image files on loop devices
+//! # path = "/srv/haina/default" # default: <data-dir>/pools/<name>
+//!
+//! [pools.ceph]
+//! kind = "rbd"
+//! monitors = ["10.0.0.1:6789"]
+//! rados_pool = "kube"
+//! mounter = "auto"              # auto | krbd | nbd | fuse
+//! ```
+//!
+//! With no config file at all haina runs on the embedded default: one local
+//! pool named `default` under `--data-dir`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::ids::PoolName;
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub default_pool: Option<PoolName>,
+    #[serde(default)]
+    pub pools: BTreeMap<PoolName, PoolConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PoolConfig {
+    Local(LocalConfig),
+    Rbd(RbdConfig),
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LocalConfig {
+    /// Where images live; default `<data-dir>/pools/<name>`.
+    pub path: Option<PathBuf>,
+    /// Attach loop devices with direct I/O (no double caching). Default on.
+    #[serde(default = "yes")]
+    pub direct_io: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RbdConfig {
+    #[serde(default)]
+    pub monitors: Vec<String>,
+    pub ceph_conf: Option<PathBuf>,
+    pub rados_pool: String,
+    #[serde(default)]
+    pub image_features: Vec<String>,
+    #[serde(default = "auto")]
+    pub mounter: String,
+    /// Credentials when the CO passes no secrets.
+    pub user: Option<String>,
+    pub keyring: Option<PathBuf>,
+    /// Flatten a clone once its chain of parents is this deep.
+    #[serde(default = "clone_depth")]
+    pub clone_depth_limit: u32,
+}
+
+fn yes() -> bool {
+    true
+}
+fn auto() -> String {
+    "auto".into()
+}
+fn clone_depth() -> u32 {
+    8
+}
+
+impl Config {
+    /// Reads `path`, or the embedded default when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        let mut cfg = match path {
+            None => Self::default(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| Error::internal(format!("reading config {}", p.display()), e))?;
+                Self::parse(&text).map_err(|e| e.context(format!("config {}", p.display())))?
+            }
+        };
+        if cfg.pools.is_empty() {
+            cfg.pools.insert(
+                PoolName::parse("default")?,
+                PoolConfig::Local(LocalConfig {
+                    path: None,
+                    direct_io: true,
+                }),
+            );
+        }
+        if let Some(d) = &cfg.default_pool {
+            if !cfg.pools.contains_key(d) {
+                return Err(Error::InvalidArgument(format!(
+                    "default_pool {d:?} is not one of the configured pools"
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn parse(text: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| Error::InvalidArgument(format!("invalid TOML: {e}")))
+    }
+
+    /// The pool used when a request names none: `default_pool`, else a pool
+    /// named `default`, else the only pool.
+    pub fn default_pool(&self) -> Option<PoolName> {
+        if let Some(d) = &self.default_pool {
+            return Some(d.clone());
+        }
+        let default = PoolName::parse("default").ok()?;
+        if self.pools.contains_key(&default) {
+            return Some(default);
+        }
+        (self.pools.len() == 1)
+            .then(|| self.pools.keys().next().cloned())
+            .flatten()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.default_pool().unwrap().as_str(), "default");
+        assert!(matches!(c.pools.values().next(), Some(PoolConfig::Local(l)) if l.direct_io));
+    }
+
+    #[test]
+    fn parses_both_kinds_and_rejects_typos() {
+        let c = Config::parse(
+            r#"
+            default_pool = "fast"
+            [pools.fast]
+            kind = "local"
+            path = "/srv/fast"
+            [pools.ceph]
+            kind = "rbd"
+            monitors = ["127.0.0.1:6789"]
+            rados_pool = "kube"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.default_pool().unwrap().as_str(), "fast");
+        assert!(
+            matches!(&c.pools[&PoolName::parse("ceph").unwrap()], PoolConfig::Rbd(r) if r.mounter == "auto")
+        );
+        let e = Config::parse("[pools.a]\nkind = \"local\"\npaht = \"/x\"\n").unwrap_err();
+        assert!(e.to_string().contains("paht"), "{e}");
+        assert!(Config::parse("[pools.a]\nkind = \"nfs\"\n").is_err());
+        assert!(Config::parse("[pools.Bad]\nkind = \"local\"\n").is_err());
+    }
+}

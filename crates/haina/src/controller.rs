@@ -1,0 +1,632 @@
+//! Controller operations: the CSI Controller service's logic, over typed
+//! arguments. The gRPC layer parses requests into these arguments and maps
+//! the results back; all decisions (sizes, conflicts, topology, paging) are
+//! made here, and the pools do the storage work.
+
+use std::collections::BTreeMap;
+
+use haina_sys::fs::FsType;
+
+use crate::backend::{Backend, CreateSpec};
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId};
+use crate::volume::{
+    AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
+    Volume, XFS_MIN, fits_range, size_for_range, topology_matches,
+};
+
+/// StorageClass / VolumeSnapshotClass parameters haina understands.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Params {
+    pub pool: Option<String>,
+    pub fs_type: Option<FsType>,
+    pub mkfs_options: Option<String>,
+    pub mount_options: Option<String>,
+}
+
+/// Keys Kubernetes' sidecars add on their own; accepted and ignored.
+const K8S_PREFIX: &str = "csi.storage.k8s.io/";
+
+impl Params {
+    pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
+        let mut p = Self::default();
+        for (k, v) in map {
+            match k.as_str() {
+                "pool" => p.pool = Some(v.clone()),
+                "fsType" | "csi.storage.k8s.io/fstype" => {
+                    let fs = v
+                        .parse::<FsType>()
+                        .map_err(|e| Error::InvalidArgument(format!("parameters.{k}: {e}")))?;
+                    p.fs_type = Some(fs);
+                }
+                "mkfsOptions" => p.mkfs_options = Some(v.clone()),
+                "mountOptions" => p.mount_options = Some(v.clone()),
+                _ if k.starts_with(K8S_PREFIX) => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "parameters: unknown key {k:?} (known: pool, fsType, mkfsOptions, mountOptions)"
+                    )));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    /// What the node needs back at stage time.
+    fn context(&self, pool: &str) -> BTreeMap<String, String> {
+        let mut c = BTreeMap::from([("pool".to_string(), pool.to_string())]);
+        if let Some(fs) = self.fs_type {
+            c.insert("fsType".into(), fs.as_str().into());
+        }
+        if let Some(o) = &self.mkfs_options {
+            c.insert("mkfsOptions".into(), o.clone());
+        }
+        if let Some(o) = &self.mount_options {
+            c.insert("mountOptions".into(), o.clone());
+        }
+        c
+    }
+}
+
+/// Checks capabilities against a pool: supported modes and filesystems.
+pub fn check_capabilities(backend: &dyn Backend, caps: &[Capability]) -> Result<()> {
+    for (i, cap) in caps.iter().enumerate() {
+        backend
+            .check_capability(cap)
+            .map_err(|e| e.context(format!("volume_capabilities[{i}]")))?;
+        if let AccessType::Mount { fs_type, .. } = &cap.access {
+            if !fs_type.is_empty() {
+                fs_type.parse::<FsType>().map_err(|e| {
+                    Error::InvalidArgument(format!("volume_capabilities[{i}].mount.fs_type: {e}"))
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TopologyRequirement {
+    pub requisite: Vec<Segments>,
+    pub preferred: Vec<Segments>,
+}
+
+pub struct CreateRequest {
+    pub name: String,
+    pub required_bytes: i64,
+    pub limit_bytes: i64,
+    pub capabilities: Vec<Capability>,
+    pub parameters: BTreeMap<String, String>,
+    pub source: Option<ContentSource>,
+    pub topology: Option<TopologyRequirement>,
+}
+
+pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Result<Volume> {
+    if req.name.is_empty() {
+        return Err(Error::InvalidArgument("name is required".into()));
+    }
+    if req.capabilities.is_empty() {
+        return Err(Error::InvalidArgument(
+            "volume_capabilities is required".into(),
+        ));
+    }
+    let params = Params::parse(&req.parameters)?;
+    let backend = d.pool_named(params.pool.as_deref())?;
+    check_capabilities(backend.as_ref(), &req.capabilities)?;
+
+    if let (Some(t), Some(ours)) = (&req.topology, backend.topology()) {
+        if !t.requisite.is_empty() && !t.requisite.iter().any(|r| topology_matches(r, &ours)) {
+            return Err(Error::ResourceExhausted(format!(
+                "accessibility_requirements: pool {} is only accessible at {ours:?}, which no requisite topology allows",
+                backend.name()
+            )));
+        }
+    }
+
+    let id = VolumeId::for_name(backend.name(), &req.name);
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+
+    let wants_xfs = params.fs_type == Some(FsType::Xfs)
+        || req
+            .capabilities
+            .iter()
+            .any(|c| matches!(&c.access, AccessType::Mount { fs_type, .. } if fs_type == "xfs"));
+    let mut minimum = if wants_xfs { XFS_MIN } else { 0 };
+    if let Some(src) = &req.source {
+        let src_size = source_size(d, src)?;
+        if req.limit_bytes > 0 && (req.limit_bytes as u64) < src_size {
+            return Err(Error::OutOfRange(format!(
+                "capacity_range.limit_bytes {} is smaller than the source's {src_size} bytes",
+                req.limit_bytes
+            )));
+        }
+        minimum = minimum.max(src_size);
+    }
+    let (required, limit) = match (&req.source, req.required_bytes, req.limit_bytes) {
+        // Restoring without a size: exactly the source's size.
+        (Some(_), 0, 0) => (minimum as i64, 0),
+        _ => (req.required_bytes, req.limit_bytes),
+    };
+    let capacity = size_for_range(required, limit, minimum)?;
+    let context = params.context(backend.name().as_str());
+
+    if let Some(existing) = backend.get_volume(&id)? {
+        let compatible = existing.name == req.name
+            && fits_range(existing.capacity, req.required_bytes, req.limit_bytes)
+            && existing.source == req.source
+            && existing.context == context;
+        if !compatible {
+            return Err(Error::AlreadyExists(format!(
+                "a volume named {:?} already exists ({id}, {} bytes) with different capacity, source or parameters",
+                req.name, existing.capacity
+            )));
+        }
+        return Ok(existing);
+    }
+    let spec = CreateSpec {
+        id,
+        name: req.name,
+        capacity,
+        context,
+        source: req.source,
+    };
+    backend.create_volume(&spec, secrets)
+}
+
+fn source_size(d: &Driver, src: &ContentSource) -> Result<u64> {
+    match src {
+        ContentSource::Snapshot(raw) => {
+            let field = "volume_content_source.snapshot.snapshot_id";
+            let id = SnapshotId::parse_existing(field, raw)?;
+            let snap = d.pool_of(&id)?.get_snapshot(&id)?;
+            snap.map(|s| s.size)
+                .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
+        }
+        ContentSource::Volume(raw) => {
+            let field = "volume_content_source.volume.volume_id";
+            let id = VolumeId::parse_existing(field, raw)?;
+            let vol = d.pool_of(&id)?.get_volume(&id)?;
+            vol.map(|v| v.capacity)
+                .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
+        }
+    }
+}
+
+pub fn delete_volume(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
+    let id = match ObjectId::parse("volume_id", raw_id)? {
+        Parsed::Ours(id) => id,
+        Parsed::Foreign => return Ok(()),
+    };
+    let Ok(backend) = d.pool_of(&id) else {
+        return Ok(());
+    };
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    backend.delete_volume(&id, secrets)
+}
+
+/// Looks up an existing volume: `NOT_FOUND` for anything that names none.
+pub fn existing_volume<'d>(
+    d: &'d Driver,
+    field: &str,
+    raw_id: &str,
+) -> Result<(VolumeId, &'d crate::backend::SharedBackend, Volume)> {
+    let id = VolumeId::parse_existing(field, raw_id)?;
+    let backend = d.pool_of(&id)?;
+    let vol = backend
+        .get_volume(&id)?
+        .ok_or_else(|| Error::NotFound(format!("{field} {raw_id} does not exist")))?;
+    Ok((id, backend, vol))
+}
+
+/// What to do about a publish request, given who has the volume now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PublishDecision {
+    AlreadyPublished,
+    Publish,
+}
+
+pub fn decide_publish(
+    current: &BTreeMap<String, Publication>,
+    node: &str,
+    wanted: &Publication,
+) -> Result<PublishDecision> {
+    if let Some(p) = current.get(node) {
+        if p == wanted {
+            return Ok(PublishDecision::AlreadyPublished);
+        }
+        return Err(Error::AlreadyExists(format!(
+            "volume is already published to node {node} with a different capability or readonly flag"
+        )));
+    }
+    let single = |m: crate::volume::AccessMode| !m.is_multi_node();
+    if let Some((other, p)) = current
+        .iter()
+        .find(|(n, p)| n.as_str() != node && (single(p.mode) || single(wanted.mode)))
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "volume is published to node {other} with access mode {}; unpublish it there first",
+            p.mode.name()
+        )));
+    }
+    Ok(PublishDecision::Publish)
+}
+
+pub struct PublishRequest {
+    pub volume_id: String,
+    pub node_id: String,
+    pub capability: Capability,
+    pub readonly: bool,
+}
+
+pub fn publish_volume(
+    d: &Driver,
+    req: PublishRequest,
+    _secrets: &Secrets,
+) -> Result<BTreeMap<String, String>> {
+    let id = VolumeId::parse_existing("volume_id", &req.volume_id)?;
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", &req.volume_id)?;
+    if let Some(t) = backend.topology() {
+        let node = t.get(crate::volume::TOPOLOGY_NODE_KEY);
+        if node.is_some_and(|n| n != &req.node_id) {
+            return Err(Error::NotFound(format!(
+                "node_id {:?} cannot reach volume {id}: local pool {} lives on node {}",
+                req.node_id,
+                backend.name(),
+                node.map(String::as_str).unwrap_or("?")
+            )));
+        }
+    }
+    check_capabilities(backend.as_ref(), std::slice::from_ref(&req.capability))?;
+    let wanted = Publication {
+        readonly: req.readonly,
+        mode: req.capability.mode,
+        block: req.capability.is_block(),
+    };
+    if decide_publish(&vol.publications, &req.node_id, &wanted)? == PublishDecision::Publish {
+        backend.set_publication(&id, &req.node_id, Some(wanted))?;
+    }
+    Ok(BTreeMap::from([
+        ("pool".to_string(), backend.name().to_string()),
+        ("readonly".to_string(), req.readonly.to_string()),
+    ]))
+}
+
+pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, _secrets: &Secrets) -> Result<()> {
+    // Unpublishing what is not there (an unknown or deleted volume, a node
+    // that never had it) is success: the CO's goal state already holds.
+    let id = match ObjectId::parse("volume_id", raw_id)? {
+        Parsed::Ours(id) => id,
+        Parsed::Foreign => return Ok(()),
+    };
+    let Ok(backend) = d.pool_of(&id) else {
+        return Ok(());
+    };
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let Some(vol) = backend.get_volume(&id)? else {
+        return Ok(());
+    };
+    let nodes: Vec<String> = if node_id.is_empty() {
+        vol.publications.keys().cloned().collect()
+    } else {
+        vol.publications
+            .keys()
+            .filter(|n| *n == node_id)
+            .cloned()
+            .collect()
+    };
+    for n in nodes {
+        backend.set_publication(&id, &n, None)?;
+    }
+    Ok(())
+}
+
+/// ValidateVolumeCapabilities: `Ok(true)` when every capability is supported.
+pub fn validate_capabilities(
+    d: &Driver,
+    raw_id: &str,
+    caps: &[Capability],
+    params: &BTreeMap<String, String>,
+) -> Result<std::result::Result<(), String>> {
+    let (_, backend, _) = existing_volume(d, "volume_id", raw_id)?;
+    if caps.is_empty() {
+        return Err(Error::InvalidArgument(
+            "volume_capabilities is required".into(),
+        ));
+    }
+    if let Err(e) = Params::parse(params) {
+        return Ok(Err(e.to_string()));
+    }
+    Ok(check_capabilities(backend.as_ref(), caps).map_err(|e| e.to_string()))
+}
+
+/// One page of a sorted list. The token is the ID of the next entry, so a
+/// page stays correct when entries before it are deleted between calls.
+pub fn page<T>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    max_entries: i32,
+    token: &str,
+) -> Result<(Vec<T>, String)> {
+    if max_entries < 0 {
+        return Err(Error::InvalidArgument(format!(
+            "max_entries {max_entries} is negative"
+        )));
+    }
+    let start = if token.is_empty() {
+        0
+    } else {
+        match ObjectId::parse("starting_token", token) {
+            Ok(Parsed::Ours(_)) => items
+                .iter()
+                .position(|t| id(t) >= token)
+                .unwrap_or(items.len()),
+            _ => {
+                return Err(Error::Aborted(format!(
+                    "starting_token {token:?} is not a token haina issued"
+                )));
+            }
+        }
+    };
+    let mut rest: Vec<T> = items.into_iter().skip(start).collect();
+    let max = if max_entries == 0 {
+        usize::MAX
+    } else {
+        max_entries as usize
+    };
+    let next = if rest.len() > max {
+        id(&rest[max]).to_string()
+    } else {
+        String::new()
+    };
+    rest.truncate(max);
+    Ok((rest, next))
+}
+
+pub fn list_volumes(d: &Driver, max_entries: i32, token: &str) -> Result<(Vec<Volume>, String)> {
+    let mut all = Vec::new();
+    for backend in d.pools.values() {
+        all.extend(backend.list_volumes()?);
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    page(all, |v| v.id.as_str(), max_entries, token)
+}
+
+pub fn get_capacity(
+    d: &Driver,
+    caps: &[Capability],
+    params: &BTreeMap<String, String>,
+    topology: Option<&Segments>,
+) -> Result<Capacity> {
+    let p = Params::parse(params)?;
+    let backend = d.pool_named(p.pool.as_deref())?;
+    if check_capabilities(backend.as_ref(), caps).is_err() {
+        return Ok(Capacity {
+            available: 0,
+            maximum_volume_size: Some(0),
+        });
+    }
+    if let (Some(t), Some(ours)) = (topology, backend.topology()) {
+        if !topology_matches(t, &ours) {
+            return Ok(Capacity {
+                available: 0,
+                maximum_volume_size: Some(0),
+            });
+        }
+    }
+    backend.capacity()
+}
+
+pub fn expand_volume(
+    d: &Driver,
+    raw_id: &str,
+    required: i64,
+    limit: i64,
+    cap: Option<&Capability>,
+    secrets: &Secrets,
+) -> Result<(u64, bool)> {
+    let id = VolumeId::parse_existing("volume_id", raw_id)?;
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", raw_id)?;
+    if required <= 0 && limit <= 0 {
+        return Err(Error::InvalidArgument("capacity_range is required".into()));
+    }
+    let size = size_for_range(required, limit, 0)?;
+    if size < vol.capacity && (limit > 0 && (limit as u64) < vol.capacity) {
+        return Err(Error::OutOfRange(format!(
+            "volume {id} is {} bytes; shrinking to {limit} is not supported",
+            vol.capacity
+        )));
+    }
+    let size = size.max(vol.capacity);
+    let capacity = backend.expand_volume(&id, size, secrets)?;
+    // A block volume needs no node step: the device already shows the size.
+    let node_required = !cap.is_some_and(Capability::is_block);
+    Ok((capacity, node_required))
+}
+
+pub fn create_snapshot(
+    d: &Driver,
+    name: &str,
+    raw_source: &str,
+    params: &BTreeMap<String, String>,
+    secrets: &Secrets,
+) -> Result<Snapshot> {
+    if name.is_empty() {
+        return Err(Error::InvalidArgument("name is required".into()));
+    }
+    let source = match ObjectId::parse("source_volume_id", raw_source)? {
+        Parsed::Ours(id) => id,
+        Parsed::Foreign => {
+            return Err(Error::NotFound(format!(
+                "source_volume_id {raw_source} does not exist"
+            )));
+        }
+    };
+    for (k, _) in params {
+        if !k.starts_with(K8S_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "parameters: unknown key {k:?}"
+            )));
+        }
+    }
+    // A name is unique across pools: the same name for another source is a conflict.
+    for backend in d.pools.values() {
+        let other = SnapshotId::for_name(backend.name(), name);
+        if let Some(s) = backend.get_snapshot(&other)? {
+            if s.source_volume_id != raw_source {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {name:?} already exists for source volume {}",
+                    s.source_volume_id
+                )));
+            }
+        }
+    }
+    let backend = d
+        .pool_of(&source)
+        .map_err(|_| Error::NotFound(format!("source_volume_id {raw_source} does not exist")))?;
+    let id = SnapshotId::for_name(source.pool(), name);
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let _source_guard = d.limiter.try_lock(format!("controller/{source}"))?;
+    backend.create_snapshot(&id, name, &source, secrets)
+}
+
+pub fn delete_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
+    let id = match ObjectId::parse("snapshot_id", raw_id)? {
+        Parsed::Ours(id) => id,
+        Parsed::Foreign => return Ok(()),
+    };
+    let Ok(backend) = d.pool_of(&id) else {
+        return Ok(());
+    };
+    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    backend.delete_snapshot(&id, secrets)
+}
+
+pub fn get_snapshot(d: &Driver, raw_id: &str) -> Result<Snapshot> {
+    let id = SnapshotId::parse_existing("snapshot_id", raw_id)?;
+    d.pool_of(&id)?
+        .get_snapshot(&id)?
+        .ok_or_else(|| Error::NotFound(format!("snapshot_id {raw_id} does not exist")))
+}
+
+pub fn list_snapshots(
+    d: &Driver,
+    snapshot_id: &str,
+    source_volume_id: &str,
+    max_entries: i32,
+    token: &str,
+) -> Result<(Vec<Snapshot>, String)> {
+    let mut all = Vec::new();
+    if !snapshot_id.is_empty() {
+        if let Parsed::Ours(id) = ObjectId::parse("snapshot_id", snapshot_id)? {
+            if let Ok(b) = d.pool_of(&id) {
+                all.extend(b.get_snapshot(&id)?);
+            }
+        }
+    } else {
+        for backend in d.pools.values() {
+            all.extend(backend.list_snapshots()?);
+        }
+    }
+    if !source_volume_id.is_empty() {
+        all.retain(|s| s.source_volume_id == source_volume_id);
+    }
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    page(all, |s| s.id.as_str(), max_entries, token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::AccessMode::*;
+
+    fn p(mode: crate::volume::AccessMode) -> Publication {
+        Publication {
+            readonly: false,
+            mode,
+            block: false,
+        }
+    }
+
+    #[test]
+    fn publish_table() {
+        let none = BTreeMap::new();
+        let on_a = BTreeMap::from([("a".to_string(), p(SingleNodeWriter))]);
+        let multi_a = BTreeMap::from([("a".to_string(), p(MultiNodeMultiWriter))]);
+        assert_eq!(
+            decide_publish(&none, "a", &p(SingleNodeWriter)).unwrap(),
+            PublishDecision::Publish
+        );
+        assert_eq!(
+            decide_publish(&on_a, "a", &p(SingleNodeWriter)).unwrap(),
+            PublishDecision::AlreadyPublished
+        );
+        assert!(matches!(
+            decide_publish(&on_a, "a", &p(SingleNodeReaderOnly)),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert!(
+            matches!(decide_publish(&on_a, "b", &p(SingleNodeWriter)), Err(Error::FailedPrecondition(m)) if m.contains("node a"))
+        );
+        assert!(matches!(
+            decide_publish(&multi_a, "b", &p(SingleNodeWriter)),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert_eq!(
+            decide_publish(&multi_a, "b", &p(MultiNodeMultiWriter)).unwrap(),
+            PublishDecision::Publish
+        );
+    }
+
+    #[test]
+    fn params() {
+        let m = |kv: &[(&str, &str)]| {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let ok = Params::parse(&m(&[
+            ("pool", "default"),
+            ("fsType", "xfs"),
+            ("csi.storage.k8s.io/pvc/name", "x"),
+        ]))
+        .unwrap();
+        assert_eq!(ok.fs_type, Some(FsType::Xfs));
+        let e = Params::parse(&m(&[("poool", "x")])).unwrap_err();
+        assert!(
+            matches!(&e, Error::InvalidArgument(msg) if msg.contains("poool")),
+            "{e}"
+        );
+        assert!(Params::parse(&m(&[("fsType", "ntfs")])).is_err());
+    }
+
+    #[test]
+    fn paging() {
+        let items: Vec<String> = ["p.a", "p.b", "p.c", "p.d", "p.e"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let (pg, next) = page(items.clone(), |s| s, 2, "").unwrap();
+        assert_eq!(
+            (pg, next.as_str()),
+            (vec!["p.a".to_string(), "p.b".into()], "p.c")
+        );
+        // p.c was deleted between calls: the page starts at what follows.
+        let fewer: Vec<String> = items.iter().filter(|s| *s != "p.c").cloned().collect();
+        let (pg, next) = page(fewer, |s| s, 2, "p.c").unwrap();
+        assert_eq!(
+            (pg, next.as_str()),
+            (vec!["p.d".to_string(), "p.e".into()], "")
+        );
+        assert!(matches!(
+            page(items.clone(), |s| s, 0, "invalid-token"),
+            Err(Error::Aborted(_))
+        ));
+        assert!(matches!(
+            page(items, |s| s, -1, ""),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+}

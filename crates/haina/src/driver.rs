@@ -1,0 +1,105 @@
+//! The driver: configured pools, this node's identity, and the in-flight
+//! guard, shared by every service.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::backend::SharedBackend;
+use crate::backend::local::LocalPool;
+use crate::config::{Config, PoolConfig};
+use crate::error::{Error, Result};
+use crate::ids::{ObjectId, PoolName};
+use crate::limiter::Limiter;
+
+pub const DRIVER_NAME: &str = "haina.csi.dev";
+
+/// Which CSI services this process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub controller: bool,
+    pub node: bool,
+}
+
+pub struct Driver {
+    pub node_id: String,
+    pub data_dir: PathBuf,
+    pub services: Services,
+    pub max_volumes_per_node: i64,
+    pub pools: BTreeMap<PoolName, SharedBackend>,
+    pub default_pool: Option<PoolName>,
+    pub limiter: Limiter,
+}
+
+impl Driver {
+    /// Opens every configured pool.
+    pub fn new(
+        config: &Config,
+        node_id: String,
+        data_dir: PathBuf,
+        services: Services,
+    ) -> Result<Self> {
+        let mut pools: BTreeMap<PoolName, SharedBackend> = BTreeMap::new();
+        for (name, pc) in &config.pools {
+            let backend: SharedBackend = match pc {
+                PoolConfig::Local(l) => {
+                    let root = l
+                        .path
+                        .clone()
+                        .unwrap_or_else(|| data_dir.join("pools").join(name.as_str()));
+                    Arc::new(LocalPool::open(
+                        name.clone(),
+                        root,
+                        node_id.clone(),
+                        l.direct_io,
+                    )?)
+                }
+                PoolConfig::Rbd(_) => {
+                    return Err(Error::Unimplemented(format!(
+                        "pool {name}: rbd pools are not available in this build yet"
+                    )));
+                }
+            };
+            pools.insert(name.clone(), backend);
+        }
+        Ok(Self {
+            node_id,
+            data_dir,
+            services,
+            max_volumes_per_node: 0,
+            pools,
+            default_pool: config.default_pool(),
+            limiter: Limiter::default(),
+        })
+    }
+
+    /// The pool an ID lives in; an unknown pool means the object does not exist.
+    pub fn pool_of(&self, id: &ObjectId) -> Result<&SharedBackend> {
+        self.pools.get(id.pool()).ok_or_else(|| {
+            Error::NotFound(format!(
+                "{id}: no pool named {:?} on this driver",
+                id.pool().as_str()
+            ))
+        })
+    }
+
+    /// The pool named by a `pool` parameter, or the default pool.
+    pub fn pool_named(&self, name: Option<&str>) -> Result<&SharedBackend> {
+        let name = match name {
+            Some(n) => PoolName::parse(n).map_err(|e| e.context("parameters.pool"))?,
+            None => self.default_pool.clone().ok_or_else(|| {
+                Error::InvalidArgument(
+                    "parameters.pool is required: this driver has no default pool".into(),
+                )
+            })?,
+        };
+        self.pools.get(&name).ok_or_else(|| {
+            let known: Vec<_> = self.pools.keys().map(|p| p.as_str()).collect();
+            Error::InvalidArgument(format!(
+                "parameters.pool {:?} is not configured (pools: {})",
+                name.as_str(),
+                known.join(", ")
+            ))
+        })
+    }
+}

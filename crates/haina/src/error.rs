@@ -1,0 +1,137 @@
+//! The driver's one error type, and its one conversion into a gRPC status.
+//!
+//! A variant exists for each CSI outcome a CO or sidecar acts on (the
+//! error-code tables of the CSI spec). Everything else is `Internal`, with
+//! the context that names what failed and the underlying source. Codes are
+//! chosen in [`From<Error> for tonic::Status`] and nowhere else.
+
+use std::fmt;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug)]
+pub enum Error {
+    InvalidArgument(String),
+    NotFound(String),
+    AlreadyExists(String),
+    FailedPrecondition(String),
+    OutOfRange(String),
+    ResourceExhausted(String),
+    /// Another operation on the same object is in flight; the CO retries.
+    Aborted(String),
+    Unimplemented(String),
+    Internal {
+        context: String,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl Error {
+    /// Wraps any error as `Internal`, with a sentence saying what was being done.
+    pub fn internal(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// Adds context in front of the message, keeping the variant (and so the code).
+    pub fn context(self, what: impl fmt::Display) -> Self {
+        match self {
+            Self::InvalidArgument(m) => Self::InvalidArgument(format!("{what}: {m}")),
+            Self::NotFound(m) => Self::NotFound(format!("{what}: {m}")),
+            Self::AlreadyExists(m) => Self::AlreadyExists(format!("{what}: {m}")),
+            Self::FailedPrecondition(m) => Self::FailedPrecondition(format!("{what}: {m}")),
+            Self::OutOfRange(m) => Self::OutOfRange(format!("{what}: {m}")),
+            Self::ResourceExhausted(m) => Self::ResourceExhausted(format!("{what}: {m}")),
+            Self::Aborted(m) => Self::Aborted(format!("{what}: {m}")),
+            Self::Unimplemented(m) => Self::Unimplemented(format!("{what}: {m}")),
+            Self::Internal { context, source } => Self::Internal {
+                context: format!("{what}: {context}"),
+                source,
+            },
+        }
+    }
+
+    pub fn code(&self) -> tonic::Code {
+        match self {
+            Self::InvalidArgument(_) => tonic::Code::InvalidArgument,
+            Self::NotFound(_) => tonic::Code::NotFound,
+            Self::AlreadyExists(_) => tonic::Code::AlreadyExists,
+            Self::FailedPrecondition(_) => tonic::Code::FailedPrecondition,
+            Self::OutOfRange(_) => tonic::Code::OutOfRange,
+            Self::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
+            Self::Aborted(_) => tonic::Code::Aborted,
+            Self::Unimplemented(_) => tonic::Code::Unimplemented,
+            Self::Internal { .. } => tonic::Code::Internal,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidArgument(m)
+            | Self::NotFound(m)
+            | Self::AlreadyExists(m)
+            | Self::FailedPrecondition(m)
+            | Self::OutOfRange(m)
+            | Self::ResourceExhausted(m)
+            | Self::Aborted(m)
+            | Self::Unimplemented(m) => f.write_str(m),
+            Self::Internal { context, source } => write!(f, "{context}: {source}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Internal { source, .. } => Some(source.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        tonic::Status::new(e.code(), e.to_string())
+    }
+}
+
+impl From<haina_sys::exec::ExecError> for Error {
+    fn from(e: haina_sys::exec::ExecError) -> Self {
+        match e {
+            // A missing tool is a property of the node, not a bug: say which one.
+            haina_sys::exec::ExecError::NotFound { .. } => Self::FailedPrecondition(e.to_string()),
+            other => Self::internal("running a system tool", other),
+        }
+    }
+}
+
+/// `bail!(Variant, "fmt", args..)` returns early with a formatted error.
+#[macro_export]
+macro_rules! bail {
+    ($variant:ident, $($arg:tt)*) => {
+        return Err($crate::error::Error::$variant(format!($($arg)*)))
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_context() {
+        let e = Error::NotFound("volume v".into()).context("DeleteSnapshot");
+        assert_eq!(e.code(), tonic::Code::NotFound);
+        assert_eq!(e.to_string(), "DeleteSnapshot: volume v");
+        let s: tonic::Status =
+            Error::internal("writing /x", std::io::Error::other("disk on fire")).into();
+        assert_eq!(s.code(), tonic::Code::Internal);
+        assert_eq!(s.message(), "writing /x: disk on fire");
+    }
+}

@@ -1,0 +1,252 @@
+//! CSI Node service: parse, call [`crate::node`], convert.
+
+use std::sync::Arc;
+
+use haina_csi::v1 as csi;
+use haina_csi::v1::node_server::Node;
+use haina_csi::v1::node_service_capability::rpc::Type as Rpc;
+use tonic::{Request, Response, Status};
+
+use super::{capability, run, secrets, sorted};
+use crate::driver::Driver;
+use crate::error::{Error, Result};
+use crate::ids::{self, VolumeId};
+use crate::node as ops;
+use crate::volume::TOPOLOGY_NODE_KEY;
+
+pub struct NodeService {
+    pub driver: Arc<Driver>,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+const CAPABILITIES: &[Rpc] = &[
+    Rpc::StageUnstageVolume,
+    Rpc::GetVolumeStats,
+    Rpc::ExpandVolume,
+    Rpc::VolumeCondition,
+    Rpc::SingleNodeMultiWriter,
+];
+
+/// The volume an ID names, the pool it lives in, and the per-volume guard.
+fn claim<'d>(
+    d: &'d Driver,
+    raw: &str,
+) -> Result<(
+    VolumeId,
+    &'d crate::backend::SharedBackend,
+    crate::limiter::Guard,
+)> {
+    let id = VolumeId::parse_existing("volume_id", raw)?;
+    let backend = d.pool_of(&id)?;
+    let guard = d.limiter.try_lock(format!("node/{id}"))?;
+    Ok((id, backend, guard))
+}
+
+/// A path the CO says holds the volume: required, and `NOT_FOUND` unless it
+/// is an absolute path that exists (the spec's answer for a wrong path).
+fn existing_path(field: &str, raw: &str) -> Result<std::path::PathBuf> {
+    if raw.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    let path = ids::abs_path(field, raw).map_err(|_| {
+        Error::NotFound(format!(
+            "{field} {raw:?} does not exist: it is not an absolute path"
+        ))
+    })?;
+    if !path.exists() {
+        return Err(Error::NotFound(format!(
+            "{field} {} does not exist",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    async fn node_stage_volume(
+        &self,
+        req: Request<csi::NodeStageVolumeRequest>,
+    ) -> R<csi::NodeStageVolumeResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodeStageVolume", &id, move || {
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let staging = ids::abs_path("staging_target_path", &r.staging_target_path)?;
+            let cap = capability("volume_capability", r.volume_capability.as_ref())?;
+            let (id, backend, _guard) = claim(&d, &r.volume_id)?;
+            let context = sorted(r.volume_context);
+            let req = ops::StageRequest {
+                volume_id: &id,
+                staging: &staging,
+                capability: &cap,
+                context: &context,
+            };
+            ops::stage(&d, backend.as_ref(), &req, &secrets(r.secrets))?;
+            Ok(csi::NodeStageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        req: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> R<csi::NodeUnstageVolumeResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodeUnstageVolume", &id, move || {
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let staging = ids::abs_path("staging_target_path", &r.staging_target_path)?;
+            let (id, backend, _guard) = claim(&d, &r.volume_id)?;
+            ops::unstage(&d, backend.as_ref(), &id, &staging)?;
+            Ok(csi::NodeUnstageVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_publish_volume(
+        &self,
+        req: Request<csi::NodePublishVolumeRequest>,
+    ) -> R<csi::NodePublishVolumeResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodePublishVolume", &id, move || {
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let staging = ids::abs_path("staging_target_path", &r.staging_target_path)?;
+            let target = ids::abs_path("target_path", &r.target_path)?;
+            let cap = capability("volume_capability", r.volume_capability.as_ref())?;
+            let (id, backend, _guard) = claim(&d, &r.volume_id)?;
+            let req = ops::PublishRequest {
+                volume_id: &id,
+                staging: &staging,
+                target: &target,
+                capability: &cap,
+                readonly: r.readonly,
+            };
+            ops::publish(backend.as_ref(), &req)?;
+            Ok(csi::NodePublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        req: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> R<csi::NodeUnpublishVolumeResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodeUnpublishVolume", &id, move || {
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let target = ids::abs_path("target_path", &r.target_path)?;
+            // The target is the CO's to name; whatever is mounted there goes,
+            // even for a volume that no longer exists, so unpublish converges.
+            let _guard = match VolumeId::parse_existing("volume_id", &r.volume_id) {
+                Ok(id) => Some(d.limiter.try_lock(format!("node/{id}"))?),
+                Err(_) => None,
+            };
+            ops::unpublish(&target)?;
+            Ok(csi::NodeUnpublishVolumeResponse {})
+        })
+        .await
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        req: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> R<csi::NodeGetVolumeStatsResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodeGetVolumeStats", &id, move || {
+            use csi::volume_usage::Unit;
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let path = existing_path("volume_path", &r.volume_path)?;
+            let id = VolumeId::parse_existing("volume_id", &r.volume_id)?;
+            let backend = d.pool_of(&id)?;
+            if backend.get_volume(&id)?.is_none() {
+                return Err(Error::NotFound(format!("volume_id {id} does not exist")));
+            }
+            let s = ops::stats(backend.as_ref(), &id, &path)?;
+            let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
+                available: available as i64,
+                total: total as i64,
+                used: used as i64,
+                unit: unit as i32,
+            };
+            let mut out = vec![usage(s.bytes, Unit::Bytes)];
+            out.extend(s.inodes.map(|i| usage(i, Unit::Inodes)));
+            Ok(csi::NodeGetVolumeStatsResponse {
+                usage: out,
+                volume_condition: Some(csi::VolumeCondition {
+                    abnormal: s.abnormal.is_some(),
+                    message: s.abnormal.unwrap_or_else(|| "volume is healthy".into()),
+                }),
+            })
+        })
+        .await
+    }
+
+    async fn node_expand_volume(
+        &self,
+        req: Request<csi::NodeExpandVolumeRequest>,
+    ) -> R<csi::NodeExpandVolumeResponse> {
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("NodeExpandVolume", &id, move || {
+            VolumeId::parse("volume_id", &r.volume_id)?;
+            let path = existing_path("volume_path", &r.volume_path)?;
+            let cap = r
+                .volume_capability
+                .as_ref()
+                .map(|c| capability("volume_capability", Some(c)))
+                .transpose()?;
+            let (id, backend, _guard) = claim(&d, &r.volume_id)?;
+            if backend.get_volume(&id)?.is_none() {
+                return Err(Error::NotFound(format!("volume_id {id} does not exist")));
+            }
+            let block = cap.as_ref().is_some_and(|c| c.is_block())
+                || path.metadata().is_ok_and(|m| !m.is_dir());
+            let size = ops::expand(backend.as_ref(), &id, &path, block)?;
+            Ok(csi::NodeExpandVolumeResponse {
+                capacity_bytes: size as i64,
+            })
+        })
+        .await
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> R<csi::NodeGetCapabilitiesResponse> {
+        use csi::node_service_capability::{Rpc as RpcCap, Type};
+        let capabilities = CAPABILITIES
+            .iter()
+            .map(|t| csi::NodeServiceCapability {
+                r#type: Some(Type::Rpc(RpcCap { r#type: *t as i32 })),
+            })
+            .collect();
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _: Request<csi::NodeGetInfoRequest>,
+    ) -> R<csi::NodeGetInfoResponse> {
+        let d = &self.driver;
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: d.node_id.clone(),
+            max_volumes_per_node: d.max_volumes_per_node,
+            accessible_topology: Some(csi::Topology {
+                segments: [(TOPOLOGY_NODE_KEY.to_string(), d.node_id.clone())].into(),
+            }),
+        }))
+    }
+}

@@ -1,0 +1,295 @@
+//! Identifiers that reach the filesystem, validated before they do.
+//!
+//! A volume or snapshot ID is `<pool>.<object>`: the pool name from the
+//! config and an object name made only of `[A-Za-z0-9_-]`. Neither part can
+//! hold `/`, `..`, NUL or anything else that would let an ID escape its pool
+//! directory, and the whole ID fits the CSI limit of 128 bytes.
+//!
+//! Two kinds of bad input are told apart, as the CSI error tables require:
+//! - an ID with bytes no haina ID could ever hold (`/`, NUL, over-long) is
+//!   `INVALID_ARGUMENT`;
+//! - an ID that is well-formed text but not one of ours (no pool part, an
+//!   unknown pool) simply names nothing: `NOT_FOUND`, or OK for deletes.
+//!
+//! Object names derive from the CO's request name, so a retried create
+//! lands on the same ID even after a crash.
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The CSI spec's limit on IDs an SP returns.
+pub const MAX_ID_LEN: usize = 128;
+const MAX_POOL_LEN: usize = 31;
+const MAX_OBJECT_LEN: usize = MAX_ID_LEN - MAX_POOL_LEN - 1;
+
+/// A pool's name from the config: `[a-z0-9][a-z0-9-]*`, at most 31 bytes.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct PoolName(String);
+
+impl PoolName {
+    pub fn parse(s: &str) -> Result<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= MAX_POOL_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-');
+        if ok {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(Error::InvalidArgument(format!(
+                "pool name {s:?} is invalid: use 1-{MAX_POOL_LEN} of [a-z0-9-], not starting with '-'"
+            )))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for PoolName {
+    type Error = Error;
+    fn try_from(s: String) -> Result<Self> {
+        Self::parse(&s)
+    }
+}
+
+impl From<PoolName> for String {
+    fn from(p: PoolName) -> String {
+        p.0
+    }
+}
+
+impl fmt::Display for PoolName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `<pool>.<object>`: the ID of a volume or a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectId {
+    pool: PoolName,
+    object: String,
+}
+
+pub type VolumeId = ObjectId;
+pub type SnapshotId = ObjectId;
+
+/// What [`ObjectId::parse`] made of a client-supplied ID.
+#[derive(Debug)]
+pub enum Parsed {
+    Ours(ObjectId),
+    /// Harmless text, but no haina ID: names nothing.
+    Foreign,
+}
+
+fn object_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_OBJECT_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+impl ObjectId {
+    /// Validates an ID from a request. `field` names the request field in errors.
+    pub fn parse(field: &str, s: &str) -> Result<Parsed> {
+        if s.is_empty() {
+            return Err(Error::InvalidArgument(format!("{field} is required")));
+        }
+        if s.len() > MAX_ID_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "{field} is {} bytes long; IDs are at most {MAX_ID_LEN}",
+                s.len()
+            )));
+        }
+        if s.bytes()
+            .any(|b| b == 0 || b == b'/' || b == b'\\' || b.is_ascii_control())
+        {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {s:?} holds '/', '\\', NUL or a control character"
+            )));
+        }
+        if s.contains("..") {
+            return Err(Error::InvalidArgument(format!("{field} {s:?} holds '..'")));
+        }
+        let Some((pool, object)) = s.split_once('.') else {
+            return Ok(Parsed::Foreign);
+        };
+        match PoolName::parse(pool) {
+            Ok(pool) if object_ok(object) => Ok(Parsed::Ours(Self {
+                pool,
+                object: object.to_string(),
+            })),
+            _ => Ok(Parsed::Foreign),
+        }
+    }
+
+    /// Like [`parse`](Self::parse), but an ID that is not ours is `NOT_FOUND`.
+    pub fn parse_existing(field: &str, s: &str) -> Result<Self> {
+        match Self::parse(field, s)? {
+            Parsed::Ours(id) => Ok(id),
+            Parsed::Foreign => Err(Error::NotFound(format!("{field} {s:?} does not exist"))),
+        }
+    }
+
+    /// The ID for a CO request name in `pool`. Names made of safe characters
+    /// are kept (so `pvc-…` stays readable in `losetup` and `ls`); any other
+    /// name is hashed. A hashed object starts with `h-`, which a kept name
+    /// never produces.
+    pub fn for_name(pool: &PoolName, name: &str) -> Self {
+        let hashed_form = name.len() == 34
+            && name.starts_with("h-")
+            && name[2..].bytes().all(|b| b.is_ascii_hexdigit());
+        let object = if object_ok(name) && !hashed_form && name.len() <= MAX_OBJECT_LEN {
+            name.to_string()
+        } else {
+            let digest = Sha256::digest(name.as_bytes());
+            let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+            format!("h-{hex}")
+        };
+        Self {
+            pool: pool.clone(),
+            object,
+        }
+    }
+
+    pub fn pool(&self) -> &PoolName {
+        &self.pool
+    }
+
+    /// The object part: safe to use as one path component.
+    pub fn object(&self) -> &str {
+        &self.object
+    }
+}
+
+impl fmt::Display for ObjectId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.pool, self.object)
+    }
+}
+
+/// Validates a CO-supplied path (`target_path`, `staging_target_path`, ...):
+/// required, absolute, no NUL, no `..` component, normalised.
+pub fn abs_path(field: &str, s: &str) -> Result<PathBuf> {
+    if s.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if s.contains('\0') {
+        return Err(Error::InvalidArgument(format!("{field} holds a NUL byte")));
+    }
+    let p = Path::new(s);
+    if !p.is_absolute() {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {s:?} is not an absolute path"
+        )));
+    }
+    if p.components().any(|c| c == Component::ParentDir) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {s:?} holds a '..' component"
+        )));
+    }
+    if s.len() > 4096 {
+        return Err(Error::InvalidArgument(format!(
+            "{field} is longer than PATH_MAX"
+        )));
+    }
+    Ok(p.components().collect())
+}
+
+/// A node ID: printable, no whitespace, at most 128 bytes (the CSI limit).
+pub fn node_id(field: &str, s: &str) -> Result<String> {
+    if s.is_empty() {
+        return Err(Error::InvalidArgument(format!("{field} is required")));
+    }
+    if s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Error::InvalidArgument(format!(
+            "{field} {s:?} must be 1-{MAX_ID_LEN} printable ASCII bytes without spaces"
+        )));
+    }
+    Ok(s.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn volume_ids() {
+        let ours = |s| matches!(ObjectId::parse("volume_id", s), Ok(Parsed::Ours(_)));
+        let foreign = |s| matches!(ObjectId::parse("volume_id", s), Ok(Parsed::Foreign));
+        let invalid = |s| {
+            matches!(
+                ObjectId::parse("volume_id", s),
+                Err(Error::InvalidArgument(_))
+            )
+        };
+        assert!(ours("default.pvc-1234"));
+        assert!(ours("fast-ssd.h-00ff"));
+        assert!(foreign("reallyfakevolumeid"));
+        assert!(foreign("Default.x")); // upper-case pool: not ours
+        assert!(foreign("default.a.b"));
+        assert!(foreign("default."));
+        for bad in [
+            "",
+            "default./etc",
+            "../x",
+            "default...",
+            "a\0b",
+            "default.a\\b",
+            "x\ny",
+        ] {
+            assert!(invalid(bad), "{bad:?}");
+        }
+        assert!(invalid(&"a".repeat(129)));
+        let id = ObjectId::parse_existing("volume_id", "default.pvc-1").unwrap();
+        assert_eq!((id.pool().as_str(), id.object()), ("default", "pvc-1"));
+        assert_eq!(id.to_string(), "default.pvc-1");
+        let e = ObjectId::parse_existing("volume_id", "nope").unwrap_err();
+        assert!(matches!(e, Error::NotFound(_)));
+    }
+
+    #[test]
+    fn ids_for_names_are_stable_safe_and_bounded() {
+        let pool = PoolName::parse("default").unwrap();
+        assert_eq!(ObjectId::for_name(&pool, "pvc-abc").object(), "pvc-abc");
+        for name in ["a/b", "../../etc", "x y", "ünï", &"n".repeat(200)] {
+            let id = ObjectId::for_name(&pool, name);
+            assert!(id.object().starts_with("h-"), "{name}");
+            assert_eq!(id, ObjectId::for_name(&pool, name));
+            assert!(id.to_string().len() <= MAX_ID_LEN);
+            assert!(matches!(
+                ObjectId::parse("id", &id.to_string()),
+                Ok(Parsed::Ours(_))
+            ));
+        }
+        // A name that looks like a hash is hashed too, so it cannot collide.
+        let h = ObjectId::for_name(&pool, "x/y").object().to_string();
+        assert_ne!(ObjectId::for_name(&pool, &h).object(), h);
+    }
+
+    #[test]
+    fn paths() {
+        assert_eq!(abs_path("p", "/a//b/./c").unwrap(), PathBuf::from("/a/b/c"));
+        for bad in ["", "rel/x", "/a/../b", "/a\0"] {
+            assert!(
+                matches!(abs_path("target_path", bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(PoolName::parse("ok-1").is_ok());
+        for bad in ["", "-x", "A", "a_b", "a.b", &"p".repeat(32)] {
+            assert!(PoolName::parse(bad).is_err(), "{bad}");
+        }
+        assert!(node_id("node_id", "node a").is_err());
+        assert!(node_id("node_id", "node-a").is_ok());
+    }
+}

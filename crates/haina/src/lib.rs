@@ -1,0 +1,37 @@
+//! haina: a CSI block-storage driver.
+//!
+//! Layout (the mount chain and who owns each link is in docs/architecture.md):
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`grpc`] | the CSI services: request validation, conversion, error mapping, the RPC log |
+//! | [`controller`] | Controller logic: sizing, idempotency, publish conflicts, topology, paging |
+//! | [`node`] | Node logic: stage (attach, format, mount), publish (bind), stats, expansion |
+//! | [`backend`] | the `Backend` trait and one file per pool kind (`local`, ...) |
+//! | [`driver`] | configured pools, node identity and the in-flight guard |
+//! | [`ids`] | validated IDs and paths: nothing unvalidated reaches the filesystem |
+//! | [`limiter`] | one operation per volume in flight (ABORTED otherwise) |
+//! | [`state`] | crash-safe per-object records (temp + fsync + rename) |
+//! | [`volume`] | shared domain types: capabilities, records, capacity rules |
+//! | [`config`] | the pool config file |
+//! | [`server`] | the gRPC server on a bound listener with a shutdown future |
+//! | `haina_sys` (crate) | loop devices, mountinfo, mount, mkfs/blkid/resize, subprocesses |
+//!
+//! Error policy: one [`error::Error`] with a variant per CSI outcome a CO acts
+//! on, converted to a gRPC status in exactly one place.
+
+pub mod backend;
+pub mod config;
+pub mod controller;
+pub mod driver;
+pub mod error;
+pub mod failpoint;
+pub mod grpc;
+pub mod health;
+pub mod ids;
+pub mod limiter;
+pub mod metrics;
+pub mod node;
+pub mod server;
+pub mod state;
+pub mod volume;

@@ -1,0 +1,150 @@
+//! The `haina` command: `serve` runs the CSI plugin; the other subcommands
+//! drive, explain and demonstrate it.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use haina::config::Config;
+use haina::driver::{Driver, Services};
+use haina_csi::endpoint::Endpoint;
+
+#[derive(Parser)]
+#[command(
+    name = "haina",
+    version,
+    about = "A CSI block-storage driver: local image files and Ceph RBD"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the CSI Identity, Controller and Node services on a unix socket.
+    Serve(ServeArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// CSI endpoint, unix:///path/to/csi.sock
+    #[arg(
+        long,
+        env = "CSI_ENDPOINT",
+        default_value = "unix:///run/haina/csi.sock"
+    )]
+    endpoint: String,
+    /// This node's ID (default: the hostname).
+    #[arg(long, env = "NODE_ID")]
+    node_id: Option<String>,
+    /// Where local pools and the driver's state live.
+    #[arg(long, env = "HAINA_DATA_DIR", default_value = "/var/lib/haina")]
+    data_dir: PathBuf,
+    /// Pool config (TOML). Without it: one local pool named `default`.
+    #[arg(long, env = "HAINA_CONFIG")]
+    config: Option<PathBuf>,
+    /// Services to run: controller, node, or both.
+    #[arg(long, value_delimiter = ',', default_value = "controller,node")]
+    services: Vec<ServiceKind>,
+    /// Reported in NodeGetInfo; 0 means no limit.
+    #[arg(long, default_value_t = 0)]
+    max_volumes_per_node: i64,
+    /// Serve Prometheus /metrics and /healthz on this address (e.g. 0.0.0.0:9808).
+    #[arg(long)]
+    metrics_address: Option<String>,
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ServiceKind {
+    Controller,
+    Node,
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
+fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    init_logs(args.log_format);
+    let endpoint = Endpoint::parse(&args.endpoint)?;
+    let config = Config::load(args.config.as_deref())?;
+    let services = Services {
+        controller: args.services.contains(&ServiceKind::Controller),
+        node: args.services.contains(&ServiceKind::Node),
+    };
+    let node_id = haina::ids::node_id("--node-id", &args.node_id.unwrap_or_else(hostname))?;
+    let mut driver = Driver::new(&config, node_id, args.data_dir, services)?;
+    driver.max_volumes_per_node = args.max_volumes_per_node;
+    let driver = Arc::new(driver);
+    let incoming = endpoint.bind().await?;
+    tracing::info!(
+        endpoint = %endpoint,
+        node_id = %driver.node_id,
+        controller = services.controller,
+        node = services.node,
+        pools = ?driver.pools.keys().map(|p| p.as_str()).collect::<Vec<_>>(),
+        version = env!("CARGO_PKG_VERSION"),
+        "haina serving"
+    );
+    let _ = &args.metrics_address;
+    haina::server::serve(driver, incoming, shutdown_signal()).await?;
+    let _ = std::fs::remove_file(endpoint.path());
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(64)
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime");
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Serve(a) => serve(a).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("haina: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

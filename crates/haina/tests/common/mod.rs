@@ -1,0 +1,300 @@
+//! Test harness: a real `haina serve` process on a socket in a temp dir,
+//! real gRPC clients, and leak checks against the kernel's view.
+//!
+//! Tests run as root (CI is root): they create real loop devices, real
+//! filesystems and real mounts, each under its own temp dir, so they can
+//! run in parallel.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haina_csi::endpoint::Endpoint;
+use haina_csi::v1 as csi;
+use haina_csi::v1::controller_client::ControllerClient;
+use haina_csi::v1::identity_client::IdentityClient;
+use haina_csi::v1::node_client::NodeClient;
+use tonic::transport::Channel;
+
+pub use csi::volume_capability::access_mode::Mode;
+
+pub struct Server {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub node_id: String,
+    child: Option<Child>,
+    env: Vec<(String, String)>,
+    pub log: PathBuf,
+}
+
+pub struct Clients {
+    pub identity: IdentityClient<Channel>,
+    pub controller: ControllerClient<Channel>,
+    pub node: NodeClient<Channel>,
+}
+
+impl Server {
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts a server with extra environment (e.g. `HAINA_FAILPOINTS`).
+    pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("haina-test-")
+            .tempdir_in(test_root())
+            .unwrap();
+        let socket = dir.path().join("csi.sock");
+        let log = dir.path().join("server.log");
+        let node_id = format!("node-{}", dir.path().file_name().unwrap().to_string_lossy());
+        let mut s = Server {
+            dir,
+            socket,
+            node_id,
+            child: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log,
+        };
+        s.spawn().await;
+        s
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts (or restarts) the server process with the same data dir.
+    pub async fn spawn(&mut self) {
+        self.spawn_with_env(self.env.clone()).await
+    }
+
+    pub async fn spawn_with_env(&mut self, env: Vec<(String, String)>) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_haina"))
+            .args(["serve", "--endpoint"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["--node-id", &self.node_id, "--data-dir"])
+            .arg(self.data_dir())
+            .envs(env)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning haina serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = Endpoint::parse(self.socket.to_str().unwrap())
+                .unwrap()
+                .connect()
+                .await
+            {
+                let mut id = IdentityClient::new(ch);
+                if id.probe(csi::ProbeRequest {}).await.is_ok() {
+                    return;
+                }
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("haina serve exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn clients(&self) -> Clients {
+        let ch = Endpoint::parse(self.socket.to_str().unwrap())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Clients {
+            identity: IdentityClient::new(ch.clone()),
+            controller: ControllerClient::new(ch.clone()),
+            node: NodeClient::new(ch),
+        }
+    }
+
+    /// `kill -9`: no cleanup of any kind.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the server to die on its own (e.g. an `abort` failpoint).
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("no server running");
+        c.wait().unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::TERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// A path under this test's dir (for staging and target paths).
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Asserts the kernel holds nothing of this test: no mounts under its
+    /// dir, no loop devices over its files, and no images left in the pool.
+    pub fn assert_no_leaks(&self) {
+        let root = self.dir.path();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let leaked: Vec<&str> = mounts
+            .lines()
+            .filter(|l| l.contains(root.to_str().unwrap()))
+            .collect();
+        assert!(leaked.is_empty(), "mounts leaked:\n{}", leaked.join("\n"));
+        let loops = loops_under(root);
+        assert!(loops.is_empty(), "loop devices leaked: {loops:?}");
+        let images = files_with_ext(&self.data_dir(), "img");
+        assert!(images.is_empty(), "image files leaked: {images:?}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+        // Best-effort cleanup so one failed test does not poison others.
+        let root = self.dir.path().to_path_buf();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|p| p.starts_with(root.to_str().unwrap()))
+            .collect();
+        points.reverse();
+        for p in points {
+            let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+        }
+        for (dev, _) in loops_under(&root) {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+    }
+}
+
+fn test_root() -> PathBuf {
+    let p = std::env::var_os("HAINA_TEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp/haina-tests"));
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+/// Loop devices whose backing file lies under `root`.
+pub fn loops_under(root: &Path) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
+            if b.trim().starts_with(root.to_str().unwrap()) {
+                out.push((format!("/dev/{name}"), b.trim().to_string()));
+            }
+        }
+    }
+    out
+}
+
+pub fn files_with_ext(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(files_with_ext(&p, ext));
+        } else if p.extension().is_some_and(|x| x == ext) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+pub fn mount_cap(fs: &str, mode: Mode) -> csi::VolumeCapability {
+    use csi::volume_capability::{AccessMode, AccessType, MountVolume};
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn block_cap(mode: Mode) -> csi::VolumeCapability {
+    use csi::volume_capability::{AccessMode, AccessType, BlockVolume};
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Block(BlockVolume {})),
+        access_mode: Some(AccessMode { mode: mode as i32 }),
+    }
+}
+
+pub fn create_req(name: &str, bytes: i64, cap: csi::VolumeCapability) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap],
+        ..Default::default()
+    }
+}
+
+pub fn params(kv: &[(&str, &str)]) -> HashMap<String, String> {
+    kv.iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+/// Asserts a gRPC call failed with `code`; returns the message.
+#[track_caller]
+pub fn expect_code<T: std::fmt::Debug>(
+    r: Result<tonic::Response<T>, tonic::Status>,
+    code: tonic::Code,
+) -> String {
+    match r {
+        Ok(v) => panic!("expected {code:?}, got OK: {v:?}"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "message: {}", s.message());
+            s.message().to_string()
+        }
+    }
+}
+
+pub fn is_mount_point(p: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
