@@ -21,6 +21,7 @@
 //! on, converted to a gRPC status in exactly one place.
 
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod controller;
 pub mod driver;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use haina::cli;
 use haina::config::Config;
 use haina::driver::{Driver, Services};
 use haina_csi::endpoint::Endpoint;
@@ -25,6 +26,19 @@ struct Cli {
 enum Command {
     /// Serve the CSI Identity, Controller and Node services on a unix socket.
     Serve(ServeArgs),
+    /// Call any CSI endpoint's RPCs from the command line.
+    Ctl(cli::ctl::Args),
+    /// Run the seed's 7-step Kubernetes flow for real on this machine.
+    Demo(cli::demo::Args),
+    /// Show the live mount chain of a volume (by ID or path) on this node.
+    Explain(cli::explain::Args),
+    /// FlexVolume driver entry point (init, attach, mount, ...).
+    Flexvolume(cli::flexvolume::Args),
+    /// Benchmarks: the CSI lifecycle against the bare kernel work.
+    Bench(cli::bench::Args),
+    /// Internal: serve an RBD image as a file over FUSE (started by the node plugin).
+    #[command(hide = true)]
+    RbdFuse(cli::rbd_fuse::Args),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +152,12 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Serve(a) => serve(a).await,
+            Command::Ctl(a) => cli::ctl::run(a).await,
+            Command::Demo(a) => cli::demo::run(a).await,
+            Command::Explain(a) => cli::explain::run(a).await,
+            Command::Flexvolume(a) => cli::flexvolume::run(a).await,
+            Command::Bench(a) => cli::bench::run(a).await,
+            Command::RbdFuse(a) => cli::rbd_fuse::run(a).await,
         }
     });
     match result {
