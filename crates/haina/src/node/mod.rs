@@ -20,6 +20,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use haina_sys::exec::Cmd;
 use haina_sys::fs::{FsType, Probe};
 use haina_sys::mount;
 use haina_sys::mountinfo::{MountEntry, MountTable};
@@ -256,6 +257,10 @@ fn mount_staging(d: &Driver, req: &StageRequest<'_>, att: &Attachment) -> Result
         opts.push("nouuid".into());
     }
     let (flags, data) = mount::parse_mount_options(&opts);
+    let writable = !req.capability.mode.is_read_only();
+    if writable && fs == FsType::Ext4 {
+        grow_if_needed(&att.device, req.staging, fs)?;
+    }
     failpoint::hit("stage-before-mount")?;
     mount::mount_fs(&att.device, req.staging, fs.as_str(), flags, &data).map_err(|e| {
         match e.errno {
@@ -265,7 +270,7 @@ fn mount_staging(d: &Driver, req: &StageRequest<'_>, att: &Attachment) -> Result
             _ => Error::internal("mounting the staging path", e),
         }
     })?;
-    if !req.capability.mode.is_read_only() {
+    if writable && fs == FsType::Xfs {
         grow_if_needed(&att.device, req.staging, fs)?;
     }
     Ok(())
@@ -331,7 +336,10 @@ fn ensure_filesystem(
 }
 
 /// Grows the filesystem when the device is at least 1 MiB larger than it
-/// (a clone or restore into a bigger volume, or an expansion).
+/// (a clone or restore into a bigger volume, or an expansion while
+/// unstaged). ext4 is grown before it is mounted: an offline resize2fs
+/// (after the e2fsck it insists on) needs no CAP_SYS_RESOURCE and cannot
+/// race a writer. xfs can only grow mounted, so it is grown after mount.
 fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
     let dev_size =
         haina_sys::fs::block_device_size(dev).map_err(fs_err("reading the device size"))?;
@@ -342,6 +350,14 @@ fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
     };
     if fs_size + MIB <= dev_size {
         tracing::info!(device = %dev.display(), fs_size, dev_size, "growing filesystem");
+        if fs == FsType::Ext4 {
+            // 0: clean, 1: errors fixed. Anything else stops the grow.
+            Cmd::new("e2fsck")
+                .args(["-f", "-p"])
+                .arg(dev)
+                .ok_codes(&[0, 1])
+                .run()?;
+        }
         haina_sys::fs::grow(dev, mount_point, fs).map_err(fs_err("growing the filesystem"))?;
     }
     Ok(())
