@@ -55,6 +55,21 @@ struct VolumeRecord {
     creating: bool,
 }
 
+/// Removes files durably; missing ones are fine.
+fn remove_files(paths: &[PathBuf]) -> Result<()> {
+    for p in paths {
+        match fs::remove_file(p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("removing", p, e)),
+        }
+    }
+    if let Some(dir) = paths.first().and_then(|p| p.parent()) {
+        state::sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
     Error::internal(format!("{what} {}", path.display()), e)
 }
@@ -308,16 +323,12 @@ impl Backend for LocalPool {
                 )));
             }
         }
-        for p in [image.with_extension("img.tmp"), image] {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &p, e)),
-            }
-        }
-        failpoint::hit("delete-between")?;
+        // The record goes first: from then on the volume does not exist for
+        // any reader, and a crash leaves at worst an image file that the
+        // CO's retried DeleteVolume (or a re-create by name) replaces.
         state::remove(&self.volume_record(id))?;
-        Ok(())
+        failpoint::hit("delete-between")?;
+        remove_files(&[image.with_extension("img.tmp"), image])
     }
 
     fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
@@ -445,15 +456,8 @@ impl Backend for LocalPool {
     fn delete_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let image = self.snapshot_image(id);
-        for p in [image.with_extension("img.tmp"), image] {
-            match fs::remove_file(&p) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("removing", &p, e)),
-            }
-        }
         state::remove(&self.snapshot_record(id))?;
-        Ok(())
+        remove_files(&[image.with_extension("img.tmp"), image])
     }
 
     fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
