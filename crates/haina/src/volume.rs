@@ -208,7 +208,8 @@ mod tests {
         assert_eq!(t(1, 0, 0).unwrap(), MIB);
         assert_eq!(t(MIB as i64 + 1, 0, 0).unwrap(), 2 * MIB);
         assert_eq!(t(0, 10 * MIB as i64, 0).unwrap(), MIB);
-        assert_eq!(t(0, 0, XFS_MIN).unwrap(), XFS_MIN);
+        assert_eq!(t(1, 0, XFS_MIN).unwrap(), XFS_MIN);
+        assert_eq!(t(0, 0, XFS_MIN).unwrap(), GIB);
         // Rounding up would pass the limit, but whole MiB below it still covers required.
         assert_eq!(t(MIB as i64 + 1, 3 * MIB as i64 - 1, 0).unwrap(), 2 * MIB);
         assert!(matches!(

@@ -13,11 +13,21 @@ const MIB: i64 = 1 << 20;
 
 /// The whole lifecycle, as a CO retrying from the top would run it.
 /// `stop_after_publish` leaves the volume published (for kill -9 mid-way).
-async fn lifecycle(server: &Server, fs: &str, stop_after_publish: bool) -> Result<(), tonic::Status> {
+async fn lifecycle(
+    server: &Server,
+    fs: &str,
+    stop_after_publish: bool,
+) -> Result<(), tonic::Status> {
     let mut c = server.clients().await;
     let cap = mount_cap(fs, Mode::SingleNodeWriter);
     let size = if fs == "xfs" { 300 * MIB } else { 32 * MIB };
-    let v = c.controller.create_volume(create_req("crashy", size, cap.clone())).await?.into_inner().volume.unwrap();
+    let v = c
+        .controller
+        .create_volume(create_req("crashy", size, cap.clone()))
+        .await?
+        .into_inner()
+        .volume
+        .unwrap();
     let id = v.volume_id.clone();
     c.controller
         .controller_publish_volume(csi::ControllerPublishVolumeRequest {
@@ -59,12 +69,26 @@ async fn lifecycle(server: &Server, fs: &str, stop_after_publish: bool) -> Resul
         std::fs::write(&data, "survives crashes").unwrap();
         std::fs::File::open(&data).unwrap().sync_all().unwrap();
     }
-    assert_eq!(loops_under(server.dir.path()).len(), 1, "one image, one loop device");
+    assert_eq!(
+        loops_under(server.dir.path()).len(),
+        1,
+        "one image, one loop device"
+    );
     if stop_after_publish {
         return Ok(());
     }
-    c.node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: id.clone(), target_path: tg }).await?;
-    c.node.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: id.clone(), staging_target_path: st }).await?;
+    c.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: tg,
+        })
+        .await?;
+    c.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: st,
+        })
+        .await?;
     c.controller
         .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
             volume_id: id.clone(),
@@ -72,7 +96,12 @@ async fn lifecycle(server: &Server, fs: &str, stop_after_publish: bool) -> Resul
             ..Default::default()
         })
         .await?;
-    c.controller.delete_volume(csi::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await?;
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await?;
     Ok(())
 }
 
@@ -85,7 +114,11 @@ async fn kill9_mid_lifecycle_then_restart_readopts_and_converges() {
     server.spawn().await;
     // The CO retries from the top: every step is already done and says so.
     lifecycle(&server, "ext4", true).await.unwrap();
-    assert_eq!(loops_under(server.dir.path()), before, "the restarted plugin attached a second loop device");
+    assert_eq!(
+        loops_under(server.dir.path()),
+        before,
+        "the restarted plugin attached a second loop device"
+    );
     lifecycle(&server, "ext4", false).await.unwrap();
     server.assert_no_leaks();
 }
@@ -103,19 +136,33 @@ async fn abort_at_every_point_converges() {
         ("delete-between", "ext4"),
     ];
     for (point, fs) in points {
-        let mut server = Server::start_with(&[("HAINA_FAILPOINTS", &format!("{point}=abort"))]).await;
-        let err = lifecycle(&server, fs, false).await.expect_err(&format!("{point}: the failpoint never fired"));
+        let mut server =
+            Server::start_with(&[("HAINA_FAILPOINTS", &format!("{point}=abort"))]).await;
+        let err = lifecycle(&server, fs, false)
+            .await
+            .expect_err(&format!("{point}: the failpoint never fired"));
         assert!(
-            matches!(err.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled),
+            matches!(
+                err.code(),
+                tonic::Code::Unavailable
+                    | tonic::Code::Unknown
+                    | tonic::Code::Internal
+                    | tonic::Code::Cancelled
+            ),
             "{point}: {err}"
         );
         let status = server.wait_exit();
         assert!(!status.success(), "{point}: the server did not die");
         server.spawn_with_env(vec![]).await;
-        lifecycle(&server, fs, false).await.unwrap_or_else(|e| panic!("{point}: retry did not converge: {e}\n{}", server.logs()));
+        lifecycle(&server, fs, false)
+            .await
+            .unwrap_or_else(|e| panic!("{point}: retry did not converge: {e}\n{}", server.logs()));
         server.assert_no_leaks();
         let leftovers = files_with_ext(&server.data_dir(), "tmp");
-        assert!(leftovers.is_empty(), "{point}: temp files left: {leftovers:?}");
+        assert!(
+            leftovers.is_empty(),
+            "{point}: temp files left: {leftovers:?}"
+        );
         let records = files_with_ext(&server.data_dir(), "json");
         assert!(records.is_empty(), "{point}: records left: {records:?}");
     }

@@ -510,7 +510,10 @@ struct LoopInfo64 {
 #[repr(C)]
 struct LoopConfig {
     fd: u32,
-    /// 0: the kernel picks (512, or the backing device's for direct I/O).
+    /// Logical block size of the loop device. Always 512: left to the
+    /// kernel (0) it follows the backing file's direct-I/O alignment, which
+    /// changes with the file (a reflinked copy on xfs needs 4096), and a
+    /// filesystem made on 512-byte sectors then refuses to mount.
     block_size: u32,
     info: LoopInfo64,
     reserved: [u64; 8],
@@ -527,7 +530,7 @@ impl LoopConfig {
         name[..n].copy_from_slice(&bytes[..n]);
         LoopConfig {
             fd: backing.as_raw_fd() as u32,
-            block_size: 0,
+            block_size: 512,
             info: LoopInfo64 {
                 lo_device: 0,
                 lo_inode: 0,

@@ -141,6 +141,16 @@ impl LocalPool {
     fn build_image(&self, dst: &Path, src: Option<&Path>, len: u64) -> Result<()> {
         let tmp = dst.with_extension("img.tmp");
         if let Some(src) = src {
+            // A mounted source is frozen so the copy is filesystem-consistent;
+            // the guard thaws it on every path out of this block, errors included.
+            let mounts = self.mounted_at(src)?;
+            let _frozen = match mounts.first() {
+                Some(mp) => Some(
+                    haina_sys::fs::FreezeGuard::freeze(mp)
+                        .map_err(|e| Error::internal(format!("freezing {}", mp.display()), e))?,
+                ),
+                None => None,
+            };
             copy::copy_file(src, &tmp, self.copy).map_err(|e| {
                 let _ = fs::remove_file(&tmp);
                 io_err(
@@ -426,21 +436,11 @@ impl Backend for LocalPool {
         let vol = self
             .get_volume(source)?
             .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
-        let src = self.volume_image(source);
-        let dst = self.snapshot_image(id);
-        // Freeze a mounted filesystem so the copy is consistent; the guard
-        // thaws it on every path out of this block, errors included.
-        let mounts = self.mounted_at(&src)?;
-        let guard = match mounts.first() {
-            Some(mp) => Some(
-                haina_sys::fs::FreezeGuard::freeze(mp)
-                    .map_err(|e| Error::internal(format!("freezing {}", mp.display()), e))?,
-            ),
-            None => None,
-        };
-        let copied = self.build_image(&dst, Some(&src), 0);
-        drop(guard);
-        copied?;
+        self.build_image(
+            &self.snapshot_image(id),
+            Some(&self.volume_image(source)),
+            0,
+        )?;
         let snap = Snapshot {
             id: id.to_string(),
             name: name.to_string(),

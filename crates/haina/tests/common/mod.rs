@@ -26,6 +26,7 @@ pub struct Server {
     pub node_id: String,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    config: Option<PathBuf>,
     pub log: PathBuf,
 }
 
@@ -42,6 +43,15 @@ impl Server {
 
     /// Starts a server with extra environment (e.g. `HAINA_FAILPOINTS`).
     pub async fn start_with(env: &[(&str, &str)]) -> Self {
+        Self::start_full(env, None).await
+    }
+
+    /// Starts a server with a pool config (TOML text) written into its dir.
+    pub async fn start_with_config(env: &[(&str, &str)], config: &str) -> Self {
+        Self::start_full(env, Some(config)).await
+    }
+
+    async fn start_full(env: &[(&str, &str)], config: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("haina-test-")
             .tempdir_in(test_root())
@@ -58,8 +68,14 @@ impl Server {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            config: None,
             log,
         };
+        if let Some(text) = config {
+            let p = s.dir.path().join("config.toml");
+            std::fs::write(&p, text).unwrap();
+            s.config = Some(p);
+        }
         s.spawn().await;
         s
     }
@@ -79,11 +95,15 @@ impl Server {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haina"))
-            .args(["serve", "--endpoint"])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_haina"));
+        cmd.args(["serve", "--endpoint"])
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--node-id", &self.node_id, "--data-dir"])
-            .arg(self.data_dir())
+            .arg(self.data_dir());
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        let child = cmd
             .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -297,4 +317,128 @@ pub fn is_mount_point(p: &Path) -> bool {
     mounts
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(p.to_str().unwrap()))
+}
+
+/// Stages and publishes `id` under `<server dir>/<tag>/{staging,pod/mount}`
+/// and returns the published path.
+pub async fn mount_volume(
+    c: &mut Clients,
+    server: &Server,
+    id: &str,
+    cap: &csi::VolumeCapability,
+    tag: &str,
+) -> PathBuf {
+    let staging = server.path(&format!("{tag}/staging"));
+    std::fs::create_dir_all(&staging).unwrap();
+    let target = server.path(&format!("{tag}/pod/mount"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("stage {id}: {e}\n{}", server.logs()));
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.to_str().unwrap().into(),
+            target_path: target.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("publish {id}: {e}"));
+    target
+}
+
+/// Reverses [`mount_volume`].
+pub async fn unmount_volume(c: &mut Clients, server: &Server, id: &str, tag: &str) {
+    c.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.into(),
+            target_path: server
+                .path(&format!("{tag}/pod/mount"))
+                .to_str()
+                .unwrap()
+                .into(),
+        })
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: server
+                .path(&format!("{tag}/staging"))
+                .to_str()
+                .unwrap()
+                .into(),
+        })
+        .await
+        .unwrap();
+}
+
+pub fn write_synced(path: &Path, text: &str) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// A scratch filesystem on its own loop device (e.g. xfs with reflink=1 to
+/// host a pool), unmounted and detached on drop.
+pub struct ScratchFs {
+    pub dir: tempfile::TempDir,
+    pub mount: PathBuf,
+}
+
+impl ScratchFs {
+    pub fn new(size_mib: u64, mkfs: &[&str]) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("haina-scratch-")
+            .tempdir_in(test_root())
+            .unwrap();
+        let img = dir.path().join("fs.img");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(size_mib << 20)
+            .unwrap();
+        let ok = Command::new(mkfs[0])
+            .args(&mkfs[1..])
+            .arg(&img)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{mkfs:?} failed");
+        let mount = dir.path().join("mnt");
+        std::fs::create_dir(&mount).unwrap();
+        let ok = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&img)
+            .arg(&mount)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting the scratch fs failed");
+        Self { dir, mount }
+    }
+
+    /// Free bytes on the scratch filesystem.
+    pub fn free(&self) -> u64 {
+        let st = rustix::fs::statvfs(&self.mount).unwrap();
+        st.f_bfree * st.f_frsize
+    }
+}
+
+impl Drop for ScratchFs {
+    fn drop(&mut self) {
+        for (dev, _) in loops_under(&self.mount) {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+        let _ = Command::new("umount").arg(&self.mount).status();
+        for (dev, _) in loops_under(self.dir.path()) {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+    }
 }
