@@ -72,9 +72,10 @@ struct ServeArgs {
     #[arg(long, default_value_t = 0)]
     max_volumes_per_node: i64,
     /// Serve Prometheus /metrics and /healthz on this address (e.g. 0.0.0.0:9808).
-    #[arg(long)]
+    #[arg(long, env = "HAINA_METRICS_ADDRESS")]
     metrics_address: Option<String>,
-    #[arg(long, value_enum, default_value = "text")]
+    /// `json`: one JSON object per line (one per RPC: method, id, code, ms).
+    #[arg(long, env = "HAINA_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
 }
 
@@ -134,7 +135,17 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         version = env!("CARGO_PKG_VERSION"),
         "haina serving"
     );
-    let _ = &args.metrics_address;
+    if let Some(addr) = &args.metrics_address {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
+        tracing::info!(address = %addr, "serving /metrics and /healthz");
+        tokio::spawn(haina::metrics::serve(
+            listener,
+            driver.clone(),
+            endpoint.path().to_path_buf(),
+        ));
+    }
     haina::server::serve(driver, incoming, shutdown_signal()).await?;
     let _ = std::fs::remove_file(endpoint.path());
     tracing::info!("stopped");

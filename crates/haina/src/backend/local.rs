@@ -526,6 +526,31 @@ impl Backend for LocalPool {
         Ok(())
     }
 
+    fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {
+        let dir = self.root.join("volumes");
+        let mut out = Vec::new();
+        for (dev, backing) in
+            loopdev::list().map_err(|e| Error::internal("listing loop devices", e))?
+        {
+            if backing.parent() != Some(dir.as_path()) {
+                continue;
+            }
+            let Some(object) = backing.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if let Ok(id) = VolumeId::parse_existing("volume", &format!("{}.{object}", self.name)) {
+                let att = Attachment {
+                    device: dev.path(),
+                    mounter: "loop",
+                    backing: backing.display().to_string(),
+                    newly_attached: false,
+                };
+                out.push((id, att));
+            }
+        }
+        Ok(out)
+    }
+
     fn refresh_size(&self, id: &VolumeId) -> Result<u64> {
         let image = self.volume_image(id);
         let devs = loopdev::find_by_backing_file(&image)

@@ -90,6 +90,10 @@ pub trait Backend: Send + Sync {
     /// The existing attachment, from the kernel's view, if any.
     fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>>;
     fn detach(&self, id: &VolumeId) -> Result<()>;
+    /// Every volume of this pool attached on this node (for metrics and `explain`).
+    fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {
+        Ok(Vec::new())
+    }
     /// Makes an attached device see a grown image; returns the device size.
     fn refresh_size(&self, id: &VolumeId) -> Result<u64>;
 }
