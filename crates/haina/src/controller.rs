@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId};
 use crate::volume::{
     AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
-    Volume, XFS_MIN, fits_range, size_for_range, topology_matches,
+    TOPOLOGY_NODE_KEY, Volume, XFS_MIN, fits_range, size_for_range, topology_matches,
 };
 
 /// StorageClass / VolumeSnapshotClass parameters haina understands.
@@ -149,7 +149,12 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
         _ => (req.required_bytes, req.limit_bytes),
     };
     let capacity = size_for_range(required, limit, minimum)?;
-    let context = params.context(backend.name().as_str());
+    let mut context = params.context(backend.name().as_str());
+    if let Some(node) = backend.topology().and_then(|t| t.get(TOPOLOGY_NODE_KEY).cloned()) {
+        // A node-local volume says where it lives, so that a controller on
+        // another node (per-node provisioning) can still answer publish.
+        context.insert(LOCAL_NODE_KEY.into(), node);
+    }
 
     if let Some(existing) = backend.get_volume(&id)? {
         let compatible = existing.name == req.name
@@ -257,7 +262,11 @@ pub struct PublishRequest {
     pub node_id: String,
     pub capability: Capability,
     pub readonly: bool,
+    pub volume_context: BTreeMap<String, String>,
 }
+
+/// `volume_context` key naming the node a local-pool volume lives on.
+pub const LOCAL_NODE_KEY: &str = "localNode";
 
 pub fn publish_volume(
     d: &Driver,
@@ -266,6 +275,22 @@ pub fn publish_volume(
 ) -> Result<BTreeMap<String, String>> {
     let id = VolumeId::parse_existing("volume_id", &req.volume_id)?;
     let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let backend = d.pool_of(&id)?;
+    let owner = req.volume_context.get(LOCAL_NODE_KEY);
+    if let Some(owner) = owner.filter(|o| backend.kind() == "local" && **o != d.node_id) {
+        // A local volume of another node's pool (per-node provisioning): that
+        // node alone can reach it, and its own records are authoritative.
+        if *owner != req.node_id {
+            return Err(Error::NotFound(format!(
+                "node_id {:?} cannot reach volume {id}: it lives in a local pool on node {owner}",
+                req.node_id
+            )));
+        }
+        return Ok(BTreeMap::from([
+            ("pool".to_string(), backend.name().to_string()),
+            ("readonly".to_string(), req.readonly.to_string()),
+        ]));
+    }
     let (_, backend, vol) = existing_volume(d, "volume_id", &req.volume_id)?;
     if let Some(t) = backend.topology() {
         let node = t.get(crate::volume::TOPOLOGY_NODE_KEY);

@@ -66,7 +66,7 @@ struct ServeArgs {
     #[arg(long, env = "HAINA_CONFIG")]
     config: Option<PathBuf>,
     /// Services to run: controller, node, or both.
-    #[arg(long, value_delimiter = ',', default_value = "controller,node")]
+    #[arg(long, env = "HAINA_SERVICES", value_delimiter = ',', default_value = "controller,node")]
     services: Vec<ServiceKind>,
     /// Reported in NodeGetInfo; 0 means no limit.
     #[arg(long, default_value_t = 0)]

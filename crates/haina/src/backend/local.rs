@@ -11,11 +11,11 @@
 //! snapshots/<object>.json
 //! ```
 //!
-//! Crash safety: a record is written (atomically) with `creating: true`
-//! before any image exists; the image is built under a temp name and
-//! renamed into place; only then is the record marked ready. A retry after
-//! `kill -9` at any point finds the record and finishes the job, and a
-//! delete removes the image before the record, so nothing is orphaned.
+//! Crash safety: the image is built under a temp name and renamed into
+//! place, then the record is written (atomically): the record is what makes
+//! a volume exist. A retry after `kill -9` at any point rebuilds what is
+//! missing. A delete removes the record first, then the image, so no reader
+//! ever sees a volume without its bytes.
 //!
 //! Attachments are found from the kernel (`/sys/block/loop*/loop/backing_file`),
 //! never from a record, so a restarted node plugin re-adopts its loop devices.
@@ -27,7 +27,6 @@ use std::path::{Path, PathBuf};
 
 use haina_sys::loopdev::{self, AttachOptions};
 use haina_sys::mountinfo::MountTable;
-use serde::{Deserialize, Serialize};
 
 use super::copy::{self, CopyMethod};
 use super::{Attachment, Backend, CreateSpec};
@@ -47,15 +46,9 @@ pub struct LocalPool {
     copy: CopyMethod,
 }
 
-#[derive(Serialize, Deserialize)]
-struct VolumeRecord {
-    #[serde(flatten)]
-    volume: Volume,
-    #[serde(default)]
-    creating: bool,
-}
-
-/// Removes files durably; missing ones are fine.
+/// Removes files in order (missing ones are fine); the caller fsyncs the
+/// directory once at the end. The order is what protects readers from a
+/// crash in between: records go before the images they describe.
 fn remove_files(paths: &[PathBuf]) -> Result<()> {
     for p in paths {
         match fs::remove_file(p) {
@@ -63,9 +56,6 @@ fn remove_files(paths: &[PathBuf]) -> Result<()> {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("removing", p, e)),
         }
-    }
-    if let Some(dir) = paths.first().and_then(|p| p.parent()) {
-        state::sync_dir(dir)?;
     }
     Ok(())
 }
@@ -132,7 +122,7 @@ impl LocalPool {
             .join(format!("{}.json", id.object()))
     }
 
-    fn read_volume(&self, id: &VolumeId) -> Result<Option<VolumeRecord>> {
+    fn read_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
         self.own(id)?;
         Ok(state::read(&self.volume_record(id))?)
     }
@@ -176,7 +166,7 @@ impl LocalPool {
         f.sync_all().map_err(|e| io_err("fsync", &tmp, e))?;
         failpoint::hit("create-image")?;
         fs::rename(&tmp, dst).map_err(|e| io_err("renaming image into place", dst, e))?;
-        state::sync_dir(dst.parent().unwrap_or(&self.root))?;
+        // The record written next, in the same directory, fsyncs it.
         Ok(())
     }
 
@@ -268,49 +258,25 @@ impl Backend for LocalPool {
 
     fn create_volume(&self, spec: &CreateSpec, _secrets: &Secrets) -> Result<Volume> {
         self.own(&spec.id)?;
-        let record_path = self.volume_record(&spec.id);
-        let mut record = match self.read_volume(&spec.id)? {
-            Some(r) if !r.creating => return Ok(r.volume),
-            // A create that crashed half-way: finish it if it asked for the same thing.
-            Some(r) => {
-                let same = r.volume.name == spec.name
-                    && r.volume.capacity == spec.capacity
-                    && r.volume.source == spec.source
-                    && r.volume.context == spec.context;
-                if !same {
-                    return Err(Error::AlreadyExists(format!(
-                        "volume {} is being created from a different request",
-                        spec.id
-                    )));
-                }
-                r
-            }
-            None => {
-                let record = VolumeRecord {
-                    volume: Volume {
-                        id: spec.id.to_string(),
-                        name: spec.name.clone(),
-                        capacity: spec.capacity,
-                        context: spec.context.clone(),
-                        source: spec.source.clone(),
-                        publications: BTreeMap::new(),
-                        created: crate::volume::now_unix().0 as u64,
-                    },
-                    creating: true,
-                };
-                state::write(&record_path, &record)?;
-                record
-            }
-        };
-        let src = spec
-            .source
-            .as_ref()
-            .map(|s| self.source_image(s))
-            .transpose()?;
+        if let Some(v) = self.read_volume(&spec.id)? {
+            return Ok(v);
+        }
+        // The image is built under a temp name and renamed into place; the
+        // record, written last, is what makes the volume exist. A crash
+        // before it leaves at most an image that the retried create rebuilds.
+        let src = spec.source.as_ref().map(|s| self.source_image(s)).transpose()?;
         self.build_image(&self.volume_image(&spec.id), src.as_deref(), spec.capacity)?;
-        record.creating = false;
-        state::write(&record_path, &record)?;
-        Ok(record.volume)
+        let volume = Volume {
+            id: spec.id.to_string(),
+            name: spec.name.clone(),
+            capacity: spec.capacity,
+            context: spec.context.clone(),
+            source: spec.source.clone(),
+            publications: BTreeMap::new(),
+            created: crate::volume::now_unix().0 as u64,
+        };
+        state::write(&self.volume_record(&spec.id), &volume)?;
+        Ok(volume)
     }
 
     fn delete_volume(&self, id: &VolumeId, _secrets: &Secrets) -> Result<()> {
@@ -325,8 +291,8 @@ impl Backend for LocalPool {
             )));
         }
         if let Some(r) = self.read_volume(id)? {
-            if !r.volume.publications.is_empty() {
-                let nodes: Vec<_> = r.volume.publications.keys().cloned().collect();
+            if !r.publications.is_empty() {
+                let nodes: Vec<_> = r.publications.keys().cloned().collect();
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is still published to node(s) {}; unpublish it first",
                     nodes.join(", ")
@@ -336,16 +302,16 @@ impl Backend for LocalPool {
         // The record goes first: from then on the volume does not exist for
         // any reader, and a crash leaves at worst an image file that the
         // CO's retried DeleteVolume (or a re-create by name) replaces.
-        state::remove(&self.volume_record(id))?;
+        let record = self.volume_record(id);
+        remove_files(&[record])?;
         failpoint::hit("delete-between")?;
-        remove_files(&[image.with_extension("img.tmp"), image])
+        remove_files(&[image.with_extension("img.tmp"), image])?;
+        state::sync_dir(&self.root.join("volumes"))?;
+        Ok(())
     }
 
     fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
-        Ok(self
-            .read_volume(id)?
-            .filter(|r| !r.creating)
-            .map(|r| r.volume))
+        self.read_volume(id)
     }
 
     fn list_volumes(&self) -> Result<Vec<Volume>> {
@@ -377,20 +343,18 @@ impl Backend for LocalPool {
     ) -> Result<Volume> {
         let mut r = self
             .read_volume(id)?
-            .filter(|r| !r.creating)
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
         match publication {
-            Some(p) => r.volume.publications.insert(node.to_string(), p),
-            None => r.volume.publications.remove(node),
+            Some(p) => r.publications.insert(node.to_string(), p),
+            None => r.publications.remove(node),
         };
         state::write(&self.volume_record(id), &r)?;
-        Ok(r.volume)
+        Ok(r)
     }
 
     fn expand_volume(&self, id: &VolumeId, size: u64, _secrets: &Secrets) -> Result<u64> {
         let mut r = self
             .read_volume(id)?
-            .filter(|r| !r.creating)
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
         let image = self.volume_image(id);
         let f = OpenOptions::new()
@@ -402,8 +366,8 @@ impl Backend for LocalPool {
             f.set_len(size).map_err(|e| io_err("growing", &image, e))?;
             f.sync_all().map_err(|e| io_err("fsync", &image, e))?;
         }
-        if r.volume.capacity < size {
-            r.volume.capacity = size;
+        if r.capacity < size {
+            r.capacity = size;
             state::write(&self.volume_record(id), &r)?;
         }
         // An attached device on this node sees the new size at once.
@@ -413,7 +377,7 @@ impl Backend for LocalPool {
             loopdev::refresh_capacity(&dev)
                 .map_err(|e| Error::internal("refreshing loop capacity", e))?;
         }
-        Ok(r.volume.capacity.max(size))
+        Ok(r.capacity.max(size))
     }
 
     fn create_snapshot(
@@ -456,8 +420,9 @@ impl Backend for LocalPool {
     fn delete_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let image = self.snapshot_image(id);
-        state::remove(&self.snapshot_record(id))?;
-        remove_files(&[image.with_extension("img.tmp"), image])
+        remove_files(&[self.snapshot_record(id), image.with_extension("img.tmp"), image])?;
+        state::sync_dir(&self.root.join("snapshots"))?;
+        Ok(())
     }
 
     fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
@@ -524,6 +489,17 @@ impl Backend for LocalPool {
                 .map_err(|e| Error::internal(format!("detaching {}", dev.path().display()), e))?;
         }
         Ok(())
+    }
+
+    fn is_blank(&self, id: &VolumeId) -> Result<bool> {
+        let image = self.volume_image(id);
+        let f = fs::File::open(&image).map_err(|e| io_err("opening", &image, e))?;
+        // No data extent anywhere: the whole file reads as zeros.
+        match rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(0)) {
+            Err(rustix::io::Errno::NXIO) => Ok(true),
+            Ok(_) => Ok(false),
+            Err(e) => Err(io_err("SEEK_DATA on", &image, e.into())),
+        }
     }
 
     fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {

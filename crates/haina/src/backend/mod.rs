@@ -94,6 +94,12 @@ pub trait Backend: Send + Sync {
     fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {
         Ok(Vec::new())
     }
+    /// True only when the backend can prove the volume holds nothing but
+    /// zeros (e.g. an image file without a single data extent), which lets
+    /// stage skip the blkid probe. `false` means "probe it".
+    fn is_blank(&self, _id: &VolumeId) -> Result<bool> {
+        Ok(false)
+    }
     /// Makes an attached device see a grown image; returns the device size.
     fn refresh_size(&self, id: &VolumeId) -> Result<u64>;
 }

@@ -120,6 +120,7 @@ impl Controller for ControllerService {
                 node_id,
                 capability: cap,
                 readonly: r.readonly,
+                volume_context: sorted(r.volume_context),
             };
             let ctx = ops::publish_volume(&d, req, &secrets(r.secrets))?;
             Ok(csi::ControllerPublishVolumeResponse {

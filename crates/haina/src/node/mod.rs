@@ -30,7 +30,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ids::VolumeId;
 use crate::volume::{AccessMode, AccessType, Capability, MIB, Secrets};
-use crate::{failpoint, state};
+use crate::failpoint;
 
 fn sys<E: std::error::Error + Send + Sync + 'static>(
     what: impl Into<String>,
@@ -195,7 +195,7 @@ pub fn stage(
 ) -> Result<()> {
     backend.check_capability(req.capability)?;
     let att = backend.attach(req.volume_id, secrets)?;
-    let result = mount_staging(d, req, &att);
+    let result = mount_staging(d, backend, req, &att);
     if result.is_err() && att.newly_attached {
         // Roll back what this call did; report both errors if that fails too.
         if let Err(undo) = backend.detach(req.volume_id) {
@@ -209,7 +209,7 @@ pub fn stage(
     result
 }
 
-fn mount_staging(d: &Driver, req: &StageRequest<'_>, att: &Attachment) -> Result<()> {
+fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att: &Attachment) -> Result<()> {
     let AccessType::Mount {
         fs_type,
         mount_flags,
@@ -231,14 +231,9 @@ fn mount_staging(d: &Driver, req: &StageRequest<'_>, att: &Attachment) -> Result
             .map_err(sys(format!("creating {}", req.staging.display())))?;
     }
     let wanted = fs_of(fs_type, req.context)?;
-    let fs = ensure_filesystem(
-        d,
-        req.volume_id,
-        &att.device,
-        wanted,
-        !fs_type.is_empty() || req.context.contains_key("fsType"),
-        req.context,
-    )?;
+    let explicit = !fs_type.is_empty() || req.context.contains_key("fsType");
+    let blank = backend.is_blank(req.volume_id)?;
+    let fs = ensure_filesystem(d, req.volume_id, &att.device, wanted, explicit, blank, req.context)?;
 
     let mut opts: Vec<String> = mount_flags.clone();
     if let Some(o) = req.context.get("mountOptions") {
@@ -294,11 +289,16 @@ fn ensure_filesystem(
     dev: &Path,
     wanted: FsType,
     explicit: bool,
+    blank: bool,
     ctx: &BTreeMap<String, String>,
 ) -> Result<FsType> {
     let marker = formatting_marker(d, id);
     let interrupted = marker.exists();
-    let probe = haina_sys::fs::probe(dev).map_err(fs_err("probing the device"))?;
+    let probe = if blank {
+        Probe::Blank
+    } else {
+        haina_sys::fs::probe(dev).map_err(fs_err("probing the device"))?
+    };
     match probe {
         Probe::Filesystem { fs_type, .. } if !interrupted => {
             let found: FsType = fs_type.parse().map_err(|_| {
@@ -322,14 +322,18 @@ fn ensure_filesystem(
             dev.display()
         ))),
         _ => {
-            state::write_bytes(&marker, wanted.as_str().as_bytes())?;
+            // The marker only has to outlive the process (kill -9), not a
+            // power cut: after one, a half-made filesystem fails to mount
+            // with a clear error instead of being silently reformatted. So
+            // it is written without fsync, which keeps stage fast.
+            write_marker(&marker, wanted.as_str())?;
             let extra: Vec<String> = ctx
                 .get("mkfsOptions")
                 .map(|o| o.split_whitespace().map(String::from).collect())
                 .unwrap_or_default();
             failpoint::hit("stage-before-mkfs")?;
             haina_sys::fs::mkfs(dev, wanted, &extra).map_err(fs_err("making the filesystem"))?;
-            state::remove(&marker)?;
+            remove_marker(&marker)?;
             Ok(wanted)
         }
     }
@@ -397,8 +401,21 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
             e.source
         )));
     }
-    state::remove(&formatting_marker(d, id))?;
-    Ok(())
+    remove_marker(&formatting_marker(d, id))
+}
+
+fn write_marker(path: &Path, text: &str) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        fs::create_dir_all(dir).map_err(sys(format!("creating {}", dir.display())))?;
+    }
+    fs::write(path, text).map_err(sys(format!("writing {}", path.display())))
+}
+
+fn remove_marker(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::internal(format!("removing {}", path.display()), e)),
+        _ => Ok(()),
+    }
 }
 
 pub struct PublishRequest<'a> {

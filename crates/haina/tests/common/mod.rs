@@ -166,6 +166,20 @@ impl Server {
         c.wait().unwrap()
     }
 
+    /// SIGTERM, and the exit status of a graceful shutdown.
+    pub fn stop_status(&mut self) -> Option<std::process::ExitStatus> {
+        let c = self.child.take()?;
+        self.child = Some(c);
+        let c = self.child.as_mut().unwrap();
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(c),
+            rustix::process::Signal::TERM,
+        );
+        let status = c.wait().ok();
+        self.child = None;
+        status
+    }
+
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = rustix::process::kill_process(
