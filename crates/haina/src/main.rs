@@ -66,7 +66,12 @@ struct ServeArgs {
     #[arg(long, env = "HAINA_CONFIG")]
     config: Option<PathBuf>,
     /// Services to run: controller, node, or both.
-    #[arg(long, env = "HAINA_SERVICES", value_delimiter = ',', default_value = "controller,node")]
+    #[arg(
+        long,
+        env = "HAINA_SERVICES",
+        value_delimiter = ',',
+        default_value = "controller,node"
+    )]
     services: Vec<ServiceKind>,
     /// Reported in NodeGetInfo; 0 means no limit.
     #[arg(long, default_value_t = 0)]
@@ -139,7 +144,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|e| format!("--metrics-address {addr}: {e}"))?;
-        tracing::info!(address = %addr, "serving /metrics and /healthz");
+        let bound = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_else(|_| addr.clone());
+        tracing::info!(address = %bound, "serving /metrics and /healthz");
         tokio::spawn(haina::metrics::serve(
             listener,
             driver.clone(),

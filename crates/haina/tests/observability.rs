@@ -9,32 +9,47 @@ use std::io::{Read, Write};
 use common::*;
 use haina_csi::v1 as csi;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// The port the server bound for `127.0.0.1:0`, from its JSON log.
+fn bound_port(logs: &str) -> u16 {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|j| j["message"] == "serving /metrics and /healthz")
+        .and_then(|j| j["address"].as_str()?.rsplit(':').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no metrics address in the logs:\n{logs}"))
 }
 
 fn get(port: u16, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
+    // A fresh connection per request; retried, since a loaded machine can
+    // reset a loopback connection under us.
+    let mut last = None;
+    for _ in 0..5 {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+            write!(s, "GET {path} HTTP/1.1\r\nhost: x\r\n\r\n")?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })();
+        match attempt {
+            Ok(out) => {
+                let (head, body) = out.split_once("\r\n\r\n").unwrap();
+                return (head.lines().next().unwrap().to_string(), body.to_string());
+            }
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("GET {path}: {last:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_health_and_json_logs() {
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
     let server = Server::start_with(&[
-        ("HAINA_METRICS_ADDRESS", &addr),
+        ("HAINA_METRICS_ADDRESS", "127.0.0.1:0"),
         ("HAINA_LOG_FORMAT", "json"),
     ])
     .await;
+    let port = bound_port(&server.logs());
     let mut c = server.clients().await;
     let (status, body) = get(port, "/healthz");
     assert_eq!(status, "HTTP/1.1 200 OK", "{body}");

@@ -564,6 +564,23 @@ async fn ext4_grows_at_stage_and_block_volumes_need_no_node_step() {
         statvfs_total(&mnt)
     );
     assert_eq!(std::fs::read_to_string(mnt.join("keep")).unwrap(), "intact");
+    // NodeExpandVolume after such a stage (csi-sanity's order) has nothing
+    // left to do, and succeeds without an online resize.
+    let n = c
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: v.volume_id.clone(),
+            volume_path: mnt.to_str().unwrap().into(),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 96 * MIB,
+                limit_bytes: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(n.capacity_bytes, 96 * MIB);
     unmount_volume(&mut c, &server, &v.volume_id, "e").await;
     delete(&mut c, &v.volume_id).await;
 

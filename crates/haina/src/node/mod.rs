@@ -28,9 +28,9 @@ use haina_sys::mountinfo::{MountEntry, MountTable};
 use crate::backend::{Attachment, Backend};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
+use crate::failpoint;
 use crate::ids::VolumeId;
 use crate::volume::{AccessMode, AccessType, Capability, MIB, Secrets};
-use crate::failpoint;
 
 fn sys<E: std::error::Error + Send + Sync + 'static>(
     what: impl Into<String>,
@@ -209,7 +209,12 @@ pub fn stage(
     result
 }
 
-fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att: &Attachment) -> Result<()> {
+fn mount_staging(
+    d: &Driver,
+    backend: &dyn Backend,
+    req: &StageRequest<'_>,
+    att: &Attachment,
+) -> Result<()> {
     let AccessType::Mount {
         fs_type,
         mount_flags,
@@ -221,7 +226,8 @@ fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att:
     let table = read_table()?;
     match decide_stage(&table, req.staging, dev) {
         StageAction::Done => {
-            return grow_if_needed(&att.device, req.staging, fs_of(fs_type, req.context)?);
+            let fs = fs_of(fs_type, req.context)?;
+            return grow_if_needed(&att.device, req.staging, fs, true);
         }
         StageAction::Conflict(m) => return Err(Error::AlreadyExists(m)),
         StageAction::Mount => {}
@@ -233,7 +239,15 @@ fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att:
     let wanted = fs_of(fs_type, req.context)?;
     let explicit = !fs_type.is_empty() || req.context.contains_key("fsType");
     let blank = backend.is_blank(req.volume_id)?;
-    let fs = ensure_filesystem(d, req.volume_id, &att.device, wanted, explicit, blank, req.context)?;
+    let fs = ensure_filesystem(
+        d,
+        req.volume_id,
+        &att.device,
+        wanted,
+        explicit,
+        blank,
+        req.context,
+    )?;
 
     let mut opts: Vec<String> = mount_flags.clone();
     if let Some(o) = req.context.get("mountOptions") {
@@ -254,7 +268,7 @@ fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att:
     let (flags, data) = mount::parse_mount_options(&opts);
     let writable = !req.capability.mode.is_read_only();
     if writable && fs == FsType::Ext4 {
-        grow_if_needed(&att.device, req.staging, fs)?;
+        grow_if_needed(&att.device, req.staging, fs, false)?;
     }
     failpoint::hit("stage-before-mount")?;
     mount::mount_fs(&att.device, req.staging, fs.as_str(), flags, &data).map_err(|e| {
@@ -266,7 +280,7 @@ fn mount_staging(d: &Driver, backend: &dyn Backend, req: &StageRequest<'_>, att:
         }
     })?;
     if writable && fs == FsType::Xfs {
-        grow_if_needed(&att.device, req.staging, fs)?;
+        grow_if_needed(&att.device, req.staging, fs, true)?;
     }
     Ok(())
 }
@@ -341,10 +355,12 @@ fn ensure_filesystem(
 
 /// Grows the filesystem when the device is at least 1 MiB larger than it
 /// (a clone or restore into a bigger volume, or an expansion while
-/// unstaged). ext4 is grown before it is mounted: an offline resize2fs
-/// (after the e2fsck it insists on) needs no CAP_SYS_RESOURCE and cannot
-/// race a writer. xfs can only grow mounted, so it is grown after mount.
-fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
+/// unstaged). At stage time (`mounted == false` for ext4) ext4 is grown
+/// before it is mounted: an offline resize2fs, after the e2fsck it insists
+/// on, needs no CAP_SYS_RESOURCE and cannot race a writer. xfs can only grow
+/// mounted. The sizes come from the superblock, so the common case (nothing
+/// to grow) spawns no tool at all.
+fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType, mounted: bool) -> Result<()> {
     let dev_size =
         haina_sys::fs::block_device_size(dev).map_err(fs_err("reading the device size"))?;
     let Some(fs_size) = superblock::read_fs_size(dev, fs)
@@ -352,19 +368,19 @@ fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType) -> Result<()> {
     else {
         return Ok(());
     };
-    if fs_size + MIB <= dev_size {
-        tracing::info!(device = %dev.display(), fs_size, dev_size, "growing filesystem");
-        if fs == FsType::Ext4 {
-            // 0: clean, 1: errors fixed. Anything else stops the grow.
-            Cmd::new("e2fsck")
-                .args(["-f", "-p"])
-                .arg(dev)
-                .ok_codes(&[0, 1])
-                .run()?;
-        }
-        haina_sys::fs::grow(dev, mount_point, fs).map_err(fs_err("growing the filesystem"))?;
+    if fs_size + MIB > dev_size {
+        return Ok(());
     }
-    Ok(())
+    tracing::info!(device = %dev.display(), fs_size, dev_size, mounted, "growing filesystem");
+    if fs == FsType::Ext4 && !mounted {
+        // 0: clean, 1: errors fixed. Anything else stops the grow.
+        Cmd::new("e2fsck")
+            .args(["-f", "-p"])
+            .arg(dev)
+            .ok_codes(&[0, 1])
+            .run()?;
+    }
+    haina_sys::fs::grow(dev, mount_point, fs).map_err(fs_err("growing the filesystem"))
 }
 
 pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) -> Result<()> {
@@ -413,7 +429,9 @@ fn write_marker(path: &Path, text: &str) -> Result<()> {
 
 fn remove_marker(path: &Path) -> Result<()> {
     match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::internal(format!("removing {}", path.display()), e)),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::internal(format!("removing {}", path.display()), e))
+        }
         _ => Ok(()),
     }
 }
@@ -637,7 +655,7 @@ pub fn expand(
     let fs: FsType = entry.fs_type.parse().map_err(|_| {
         Error::FailedPrecondition(format!("cannot grow a {} filesystem", entry.fs_type))
     })?;
-    haina_sys::fs::grow(&att.device, volume_path, fs).map_err(fs_err("growing the filesystem"))?;
+    grow_if_needed(&att.device, volume_path, fs, true)?;
     Ok(size)
 }
 
