@@ -75,13 +75,12 @@ pub fn check_capabilities(backend: &dyn Backend, caps: &[Capability]) -> Result<
         backend
             .check_capability(cap)
             .map_err(|e| e.context(format!("volume_capabilities[{i}]")))?;
-        if let AccessType::Mount { fs_type, .. } = &cap.access {
-            if !fs_type.is_empty() {
+        if let AccessType::Mount { fs_type, .. } = &cap.access
+            && !fs_type.is_empty() {
                 fs_type.parse::<FsType>().map_err(|e| {
                     Error::InvalidArgument(format!("volume_capabilities[{i}].mount.fs_type: {e}"))
                 })?;
             }
-        }
     }
     Ok(())
 }
@@ -115,14 +114,13 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     let backend = d.pool_named(params.pool.as_deref())?;
     check_capabilities(backend.as_ref(), &req.capabilities)?;
 
-    if let (Some(t), Some(ours)) = (&req.topology, backend.topology()) {
-        if !t.requisite.is_empty() && !t.requisite.iter().any(|r| topology_matches(r, &ours)) {
+    if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
+        && !t.requisite.is_empty() && !t.requisite.iter().any(|r| topology_matches(r, &ours)) {
             return Err(Error::ResourceExhausted(format!(
                 "accessibility_requirements: pool {} is only accessible at {ours:?}, which no requisite topology allows",
                 backend.name()
             )));
         }
-    }
 
     let id = VolumeId::for_name(backend.name(), &req.name);
     let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
@@ -432,14 +430,13 @@ pub fn get_capacity(
             maximum_volume_size: Some(0),
         });
     }
-    if let (Some(t), Some(ours)) = (topology, backend.topology()) {
-        if !topology_matches(t, &ours) {
+    if let (Some(t), Some(ours)) = (topology, backend.topology())
+        && !topology_matches(t, &ours) {
             return Ok(Capacity {
                 available: 0,
                 maximum_volume_size: Some(0),
             });
         }
-    }
     backend.capacity()
 }
 
@@ -489,7 +486,7 @@ pub fn create_snapshot(
             )));
         }
     };
-    for (k, _) in params {
+    for k in params.keys() {
         if !k.starts_with(K8S_PREFIX) {
             return Err(Error::InvalidArgument(format!(
                 "parameters: unknown key {k:?}"
@@ -499,14 +496,13 @@ pub fn create_snapshot(
     // A name is unique across pools: the same name for another source is a conflict.
     for backend in d.pools.values() {
         let other = SnapshotId::for_name(backend.name(), name);
-        if let Some(s) = backend.get_snapshot(&other)? {
-            if s.source_volume_id != raw_source {
+        if let Some(s) = backend.get_snapshot(&other)?
+            && s.source_volume_id != raw_source {
                 return Err(Error::AlreadyExists(format!(
                     "snapshot {name:?} already exists for source volume {}",
                     s.source_volume_id
                 )));
             }
-        }
     }
     let backend = d
         .pool_of(&source)
@@ -545,11 +541,10 @@ pub fn list_snapshots(
 ) -> Result<(Vec<Snapshot>, String)> {
     let mut all = Vec::new();
     if !snapshot_id.is_empty() {
-        if let Parsed::Ours(id) = ObjectId::parse("snapshot_id", snapshot_id)? {
-            if let Ok(b) = d.pool_of(&id) {
+        if let Parsed::Ours(id) = ObjectId::parse("snapshot_id", snapshot_id)?
+            && let Ok(b) = d.pool_of(&id) {
                 all.extend(b.get_snapshot(&id)?);
             }
-        }
     } else {
         for backend in d.pools.values() {
             all.extend(backend.list_snapshots()?);

@@ -139,11 +139,10 @@ pub fn render(d: &Driver) -> String {
         if let Ok(v) = backend.list_volumes() {
             m.volumes.get_or_create(&pool).set(v.len() as i64);
         }
-        if d.services.node {
-            if let Ok(n) = backend.attachments() {
+        if d.services.node
+            && let Ok(n) = backend.attachments() {
                 m.attachments.get_or_create(&pool).set(n.len() as i64);
             }
-        }
         let healthy = backend.health().is_ok();
         m.pool_healthy
             .get_or_create(&vec![

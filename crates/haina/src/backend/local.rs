@@ -290,15 +290,14 @@ impl Backend for LocalPool {
                 dev.path().display()
             )));
         }
-        if let Some(r) = self.read_volume(id)? {
-            if !r.publications.is_empty() {
+        if let Some(r) = self.read_volume(id)?
+            && !r.publications.is_empty() {
                 let nodes: Vec<_> = r.publications.keys().cloned().collect();
                 return Err(Error::FailedPrecondition(format!(
                     "volume {id} is still published to node(s) {}; unpublish it first",
                     nodes.join(", ")
                 )));
             }
-        }
         // The record goes first: from then on the volume does not exist for
         // any reader, and a crash leaves at worst an image file that the
         // CO's retried DeleteVolume (or a re-create by name) replaces.

@@ -195,18 +195,17 @@ pub fn stage(
 ) -> Result<()> {
     backend.check_capability(req.capability)?;
     let att = backend.attach(req.volume_id, secrets)?;
-    let result = mount_staging(d, backend, req, &att);
-    if result.is_err() && att.newly_attached {
+    match mount_staging(d, backend, req, &att) {
         // Roll back what this call did; report both errors if that fails too.
-        if let Err(undo) = backend.detach(req.volume_id) {
-            let e = result.unwrap_err();
-            return Err(e.context(format!(
+        Err(e) if att.newly_attached => match backend.detach(req.volume_id) {
+            Ok(()) => Err(e),
+            Err(undo) => Err(e.context(format!(
                 "(and detaching {} failed: {undo})",
                 att.device.display()
-            )));
-        }
+            ))),
+        },
+        other => other,
     }
-    result
 }
 
 fn mount_staging(
@@ -491,12 +490,10 @@ pub fn publish(backend: &dyn Backend, req: &PublishRequest<'_>) -> Result<()> {
     }
     create_target(req.target, req.capability.is_block())?;
     mount::bind(&source, req.target).map_err(sys("bind-mounting the target path"))?;
-    if readonly {
-        if let Err(e) = mount::remount_bind_readonly(req.target) {
-            // Never leave a writable bind behind a failed read-only publish.
-            let _ = mount::unmount(req.target);
-            return Err(Error::internal("remounting the target read-only", e));
-        }
+    if readonly && let Err(e) = mount::remount_bind_readonly(req.target) {
+        // Never leave a writable bind behind a failed read-only publish.
+        let _ = mount::unmount(req.target);
+        return Err(Error::internal("remounting the target read-only", e));
     }
     Ok(())
 }

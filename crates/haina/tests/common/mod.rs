@@ -249,11 +249,10 @@ pub fn loops_under(root: &Path) -> Vec<(String, String)> {
         if !name.starts_with("loop") {
             continue;
         }
-        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file")) {
-            if b.trim().starts_with(root.to_str().unwrap()) {
+        if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
+            && b.trim().starts_with(root.to_str().unwrap()) {
                 out.push((format!("/dev/{name}"), b.trim().to_string()));
             }
-        }
     }
     out
 }
