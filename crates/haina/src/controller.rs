@@ -7,10 +7,11 @@ use std::collections::BTreeMap;
 
 use haina_sys::fs::FsType;
 
-use crate::backend::{Backend, CreateSpec};
+use crate::backend::{Backend, CreateSpec, SharedBackend};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId};
+use crate::limiter::Guard;
 use crate::volume::{
     AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
     TOPOLOGY_NODE_KEY, Volume, XFS_MIN, fits_range, size_for_range, topology_matches,
@@ -76,11 +77,12 @@ pub fn check_capabilities(backend: &dyn Backend, caps: &[Capability]) -> Result<
             .check_capability(cap)
             .map_err(|e| e.context(format!("volume_capabilities[{i}]")))?;
         if let AccessType::Mount { fs_type, .. } = &cap.access
-            && !fs_type.is_empty() {
-                fs_type.parse::<FsType>().map_err(|e| {
-                    Error::InvalidArgument(format!("volume_capabilities[{i}].mount.fs_type: {e}"))
-                })?;
-            }
+            && !fs_type.is_empty()
+        {
+            fs_type.parse::<FsType>().map_err(|e| {
+                Error::InvalidArgument(format!("volume_capabilities[{i}].mount.fs_type: {e}"))
+            })?;
+        }
     }
     Ok(())
 }
@@ -115,12 +117,14 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     check_capabilities(backend.as_ref(), &req.capabilities)?;
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
-        && !t.requisite.is_empty() && !t.requisite.iter().any(|r| topology_matches(r, &ours)) {
-            return Err(Error::ResourceExhausted(format!(
-                "accessibility_requirements: pool {} is only accessible at {ours:?}, which no requisite topology allows",
-                backend.name()
-            )));
-        }
+        && !t.requisite.is_empty()
+        && !t.requisite.iter().any(|r| topology_matches(r, &ours))
+    {
+        return Err(Error::ResourceExhausted(format!(
+            "accessibility_requirements: pool {} is only accessible at {ours:?}, which no requisite topology allows",
+            backend.name()
+        )));
+    }
 
     let id = VolumeId::for_name(backend.name(), &req.name);
     let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
@@ -148,7 +152,10 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     };
     let capacity = size_for_range(required, limit, minimum)?;
     let mut context = params.context(backend.name().as_str());
-    if let Some(node) = backend.topology().and_then(|t| t.get(TOPOLOGY_NODE_KEY).cloned()) {
+    if let Some(node) = backend
+        .topology()
+        .and_then(|t| t.get(TOPOLOGY_NODE_KEY).cloned())
+    {
         // A node-local volume says where it lives, so that a controller on
         // another node (per-node provisioning) can still answer publish.
         context.insert(LOCAL_NODE_KEY.into(), node);
@@ -196,16 +203,28 @@ fn source_size(d: &Driver, src: &ContentSource) -> Result<u64> {
     }
 }
 
-pub fn delete_volume(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
-    let id = match ObjectId::parse("volume_id", raw_id)? {
-        Parsed::Ours(id) => id,
-        Parsed::Foreign => return Ok(()),
+/// The object a delete-style call names, with its pool and guard; `None`
+/// when the ID names nothing here (a delete of nothing is a success).
+fn claim_for_delete<'d>(
+    d: &'d Driver,
+    field: &str,
+    raw_id: &str,
+) -> Result<Option<(ObjectId, &'d SharedBackend, Guard)>> {
+    let Parsed::Ours(id) = ObjectId::parse(field, raw_id)? else {
+        return Ok(None);
     };
     let Ok(backend) = d.pool_of(&id) else {
-        return Ok(());
+        return Ok(None);
     };
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
-    backend.delete_volume(&id, secrets)
+    let guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    Ok(Some((id, backend, guard)))
+}
+
+pub fn delete_volume(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
+    match claim_for_delete(d, "volume_id", raw_id)? {
+        Some((id, backend, _guard)) => backend.delete_volume(&id, secrets),
+        None => Ok(()),
+    }
 }
 
 /// Looks up an existing volume: `NOT_FOUND` for anything that names none.
@@ -319,14 +338,9 @@ pub fn publish_volume(
 pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, _secrets: &Secrets) -> Result<()> {
     // Unpublishing what is not there (an unknown or deleted volume, a node
     // that never had it) is success: the CO's goal state already holds.
-    let id = match ObjectId::parse("volume_id", raw_id)? {
-        Parsed::Ours(id) => id,
-        Parsed::Foreign => return Ok(()),
-    };
-    let Ok(backend) = d.pool_of(&id) else {
+    let Some((id, backend, _guard)) = claim_for_delete(d, "volume_id", raw_id)? else {
         return Ok(());
     };
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
     let Some(vol) = backend.get_volume(&id)? else {
         return Ok(());
     };
@@ -431,12 +445,13 @@ pub fn get_capacity(
         });
     }
     if let (Some(t), Some(ours)) = (topology, backend.topology())
-        && !topology_matches(t, &ours) {
-            return Ok(Capacity {
-                available: 0,
-                maximum_volume_size: Some(0),
-            });
-        }
+        && !topology_matches(t, &ours)
+    {
+        return Ok(Capacity {
+            available: 0,
+            maximum_volume_size: Some(0),
+        });
+    }
     backend.capacity()
 }
 
@@ -497,12 +512,13 @@ pub fn create_snapshot(
     for backend in d.pools.values() {
         let other = SnapshotId::for_name(backend.name(), name);
         if let Some(s) = backend.get_snapshot(&other)?
-            && s.source_volume_id != raw_source {
-                return Err(Error::AlreadyExists(format!(
-                    "snapshot {name:?} already exists for source volume {}",
-                    s.source_volume_id
-                )));
-            }
+            && s.source_volume_id != raw_source
+        {
+            return Err(Error::AlreadyExists(format!(
+                "snapshot {name:?} already exists for source volume {}",
+                s.source_volume_id
+            )));
+        }
     }
     let backend = d
         .pool_of(&source)
@@ -514,15 +530,10 @@ pub fn create_snapshot(
 }
 
 pub fn delete_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
-    let id = match ObjectId::parse("snapshot_id", raw_id)? {
-        Parsed::Ours(id) => id,
-        Parsed::Foreign => return Ok(()),
-    };
-    let Ok(backend) = d.pool_of(&id) else {
-        return Ok(());
-    };
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
-    backend.delete_snapshot(&id, secrets)
+    match claim_for_delete(d, "snapshot_id", raw_id)? {
+        Some((id, backend, _guard)) => backend.delete_snapshot(&id, secrets),
+        None => Ok(()),
+    }
 }
 
 pub fn get_snapshot(d: &Driver, raw_id: &str) -> Result<Snapshot> {
@@ -542,9 +553,10 @@ pub fn list_snapshots(
     let mut all = Vec::new();
     if !snapshot_id.is_empty() {
         if let Parsed::Ours(id) = ObjectId::parse("snapshot_id", snapshot_id)?
-            && let Ok(b) = d.pool_of(&id) {
-                all.extend(b.get_snapshot(&id)?);
-            }
+            && let Ok(b) = d.pool_of(&id)
+        {
+            all.extend(b.get_snapshot(&id)?);
+        }
     } else {
         for backend in d.pools.values() {
             all.extend(backend.list_snapshots()?);

@@ -122,6 +122,16 @@ impl LocalPool {
             .join(format!("{}.json", id.object()))
     }
 
+    /// Every record in `sub` (`volumes` or `snapshots`), sorted by ID.
+    fn list_records<T: serde::de::DeserializeOwned>(&self, sub: &str) -> Result<Vec<T>> {
+        let dir = self.root.join(sub);
+        let mut out = Vec::new();
+        for object in state::list(&dir)? {
+            out.extend(state::read(&dir.join(format!("{object}.json")))?);
+        }
+        Ok(out)
+    }
+
     fn read_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
         self.own(id)?;
         Ok(state::read(&self.volume_record(id))?)
@@ -264,7 +274,11 @@ impl Backend for LocalPool {
         // The image is built under a temp name and renamed into place; the
         // record, written last, is what makes the volume exist. A crash
         // before it leaves at most an image that the retried create rebuilds.
-        let src = spec.source.as_ref().map(|s| self.source_image(s)).transpose()?;
+        let src = spec
+            .source
+            .as_ref()
+            .map(|s| self.source_image(s))
+            .transpose()?;
         self.build_image(&self.volume_image(&spec.id), src.as_deref(), spec.capacity)?;
         let volume = Volume {
             id: spec.id.to_string(),
@@ -291,13 +305,14 @@ impl Backend for LocalPool {
             )));
         }
         if let Some(r) = self.read_volume(id)?
-            && !r.publications.is_empty() {
-                let nodes: Vec<_> = r.publications.keys().cloned().collect();
-                return Err(Error::FailedPrecondition(format!(
-                    "volume {id} is still published to node(s) {}; unpublish it first",
-                    nodes.join(", ")
-                )));
-            }
+            && !r.publications.is_empty()
+        {
+            let nodes: Vec<_> = r.publications.keys().cloned().collect();
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is still published to node(s) {}; unpublish it first",
+                nodes.join(", ")
+            )));
+        }
         // The record goes first: from then on the volume does not exist for
         // any reader, and a crash leaves at worst an image file that the
         // CO's retried DeleteVolume (or a re-create by name) replaces.
@@ -314,14 +329,7 @@ impl Backend for LocalPool {
     }
 
     fn list_volumes(&self) -> Result<Vec<Volume>> {
-        let mut out = Vec::new();
-        for object in state::list(&self.root.join("volumes"))? {
-            let id = VolumeId::parse_existing("volume", &format!("{}.{object}", self.name))?;
-            if let Some(v) = self.get_volume(&id)? {
-                out.push(v);
-            }
-        }
-        Ok(out)
+        self.list_records("volumes")
     }
 
     fn capacity(&self) -> Result<Capacity> {
@@ -419,7 +427,11 @@ impl Backend for LocalPool {
     fn delete_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let image = self.snapshot_image(id);
-        remove_files(&[self.snapshot_record(id), image.with_extension("img.tmp"), image])?;
+        remove_files(&[
+            self.snapshot_record(id),
+            image.with_extension("img.tmp"),
+            image,
+        ])?;
         state::sync_dir(&self.root.join("snapshots"))?;
         Ok(())
     }
@@ -431,14 +443,7 @@ impl Backend for LocalPool {
     }
 
     fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
-        let mut out = Vec::new();
-        for object in state::list(&self.root.join("snapshots"))? {
-            let id = SnapshotId::parse_existing("snapshot", &format!("{}.{object}", self.name))?;
-            if let Some(s) = self.get_snapshot(&id)? {
-                out.push(s);
-            }
-        }
-        Ok(out)
+        self.list_records("snapshots")
     }
 
     fn attach(&self, id: &VolumeId, _secrets: &Secrets) -> Result<Attachment> {

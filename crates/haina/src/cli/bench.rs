@@ -55,9 +55,12 @@ enum What {
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
     match args.what {
-        What::Lifecycle { rounds, size_mib, rss_rounds, work_dir } => {
-            lifecycle(rounds, size_mib, rss_rounds, &work_dir).await
-        }
+        What::Lifecycle {
+            rounds,
+            size_mib,
+            rss_rounds,
+            work_dir,
+        } => lifecycle(rounds, size_mib, rss_rounds, &work_dir).await,
         What::Snapshot { work_dir } => snapshot(&work_dir).await,
     }
 }
@@ -78,7 +81,10 @@ impl Plugin {
             .arg(format!("unix://{}", socket.display()))
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .env("RUST_LOG", std::env::var("HAINA_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("HAINA_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("server.log"))?);
         if let Some(text) = config {
@@ -94,7 +100,11 @@ impl Plugin {
                 break ch;
             }
             if child.try_wait()?.is_some() || Instant::now() > deadline {
-                return Err(format!("haina serve did not start; see {}", dir.join("server.log").display()).into());
+                return Err(format!(
+                    "haina serve did not start; see {}",
+                    dir.join("server.log").display()
+                )
+                .into());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
@@ -107,7 +117,8 @@ impl Plugin {
     }
 
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -126,13 +137,23 @@ impl Drop for Plugin {
 fn cap(fs: &str) -> csi::VolumeCapability {
     use csi::volume_capability::{AccessMode, AccessType, MountVolume, access_mode::Mode};
     csi::VolumeCapability {
-        access_type: Some(AccessType::Mount(MountVolume { fs_type: fs.into(), ..Default::default() })),
-        access_mode: Some(AccessMode { mode: Mode::SingleNodeWriter as i32 }),
+        access_type: Some(AccessType::Mount(MountVolume {
+            fs_type: fs.into(),
+            ..Default::default()
+        })),
+        access_mode: Some(AccessMode {
+            mode: Mode::SingleNodeWriter as i32,
+        }),
     }
 }
 
 /// Create → ... → Delete, once. Returns the wall time.
-async fn csi_lifecycle(p: &mut Plugin, dir: &Path, name: &str, size: u64) -> Result<Duration, BoxError> {
+async fn csi_lifecycle(
+    p: &mut Plugin,
+    dir: &Path,
+    name: &str,
+    size: u64,
+) -> Result<Duration, BoxError> {
     let start = Instant::now();
     let (staging, target) = (dir.join("staging"), dir.join("target"));
     std::fs::create_dir_all(&staging)?;
@@ -140,7 +161,10 @@ async fn csi_lifecycle(p: &mut Plugin, dir: &Path, name: &str, size: u64) -> Res
         .controller
         .create_volume(csi::CreateVolumeRequest {
             name: name.into(),
-            capacity_range: Some(csi::CapacityRange { required_bytes: size as i64, limit_bytes: 0 }),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: size as i64,
+                limit_bytes: 0,
+            }),
             volume_capabilities: vec![cap("ext4")],
             ..Default::default()
         })
@@ -183,8 +207,18 @@ async fn csi_lifecycle(p: &mut Plugin, dir: &Path, name: &str, size: u64) -> Res
             ..Default::default()
         })
         .await?;
-    p.node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest { volume_id: id.clone(), target_path: tg }).await?;
-    p.node.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: id.clone(), staging_target_path: st }).await?;
+    p.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: tg,
+        })
+        .await?;
+    p.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: st,
+        })
+        .await?;
     p.controller
         .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
             volume_id: id.clone(),
@@ -192,14 +226,27 @@ async fn csi_lifecycle(p: &mut Plugin, dir: &Path, name: &str, size: u64) -> Res
             ..Default::default()
         })
         .await?;
-    p.controller.delete_volume(csi::DeleteVolumeRequest { volume_id: id, ..Default::default() }).await?;
+    p.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await?;
     Ok(start.elapsed())
 }
 
 fn sh(argv: &[&str]) -> Result<String, BoxError> {
-    let out = Command::new(argv[0]).args(&argv[1..]).stderr(Stdio::piped()).output()?;
+    let out = Command::new(argv[0])
+        .args(&argv[1..])
+        .stderr(Stdio::piped())
+        .output()?;
     if !out.status.success() {
-        return Err(format!("{}: {}", argv.join(" "), String::from_utf8_lossy(&out.stderr).trim()).into());
+        return Err(format!(
+            "{}: {}",
+            argv.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+        .into());
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
@@ -211,10 +258,21 @@ fn bare_lifecycle(dir: &Path, size: u64) -> Result<Duration, BoxError> {
     let (staging, target) = (dir.join("bare-staging"), dir.join("bare-target"));
     std::fs::create_dir_all(&staging)?;
     std::fs::create_dir_all(&target)?;
-    let (i, s, t) = (img.to_string_lossy(), staging.to_string_lossy(), target.to_string_lossy());
+    let (i, s, t) = (
+        img.to_string_lossy(),
+        staging.to_string_lossy(),
+        target.to_string_lossy(),
+    );
     sh(&["truncate", "-s", &size.to_string(), &i])?;
     let dev = sh(&["losetup", "--direct-io=on", "-f", "--show", &i])?;
-    sh(&["mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=1,lazy_journal_init=1", &dev])?;
+    sh(&[
+        "mkfs.ext4",
+        "-F",
+        "-q",
+        "-E",
+        "lazy_itable_init=1,lazy_journal_init=1",
+        &dev,
+    ])?;
     sh(&["mount", &dev, &s])?;
     sh(&["mount", "--bind", &s, &t])?;
     sh(&["umount", &t])?;
@@ -234,12 +292,21 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
-async fn lifecycle(rounds: usize, size_mib: u64, rss_rounds: usize, work_dir: &Path) -> Result<(), BoxError> {
-    let dir = tempfile::Builder::new().prefix("haina-bench-").tempdir_in(work_dir)?;
+async fn lifecycle(
+    rounds: usize,
+    size_mib: u64,
+    rss_rounds: usize,
+    work_dir: &Path,
+) -> Result<(), BoxError> {
+    let dir = tempfile::Builder::new()
+        .prefix("haina-bench-")
+        .tempdir_in(work_dir)?;
     let size = size_mib << 20;
     let mut plugin = Plugin::start(dir.path(), None).await?;
     let rss_start = plugin.rss_kib();
-    println!("lifecycle of a {size_mib} MiB ext4 volume, {rounds} rounds, interleaved with the bare kernel work");
+    println!(
+        "lifecycle of a {size_mib} MiB ext4 volume, {rounds} rounds, interleaved with the bare kernel work"
+    );
     let (mut haina, mut bare) = (Vec::new(), Vec::new());
     // One warm-up of each, not counted.
     csi_lifecycle(&mut plugin, dir.path(), "warmup", size).await?;
@@ -254,8 +321,18 @@ async fn lifecycle(rounds: usize, size_mib: u64, rss_rounds: usize, work_dir: &P
     let (h50, h95) = (percentile(&mut haina, 0.5), percentile(&mut haina, 0.95));
     let (b50, b95) = (percentile(&mut bare, 0.5), percentile(&mut bare, 0.95));
     println!("{:<34} {:>9} {:>9}", "", "p50 ms", "p95 ms");
-    println!("{:<34} {:>9.1} {:>9.1}", "haina (8 CSI calls)", ms(h50), ms(h95));
-    println!("{:<34} {:>9.1} {:>9.1}", "bare (truncate/losetup/mkfs/mount)", ms(b50), ms(b95));
+    println!(
+        "{:<34} {:>9.1} {:>9.1}",
+        "haina (8 CSI calls)",
+        ms(h50),
+        ms(h95)
+    );
+    println!(
+        "{:<34} {:>9.1} {:>9.1}",
+        "bare (truncate/losetup/mkfs/mount)",
+        ms(b50),
+        ms(b95)
+    );
     println!(
         "{:<34} {:>9.2} {:>9.2}   (target <= 1.3)",
         "ratio haina/bare",
@@ -286,10 +363,25 @@ impl ScratchXfs {
         let img = dir.join("reflink-pool.img");
         std::fs::File::create(&img)?.set_len(size)?;
         let dev = haina_sys::loopdev::attach(&img, &Default::default())?;
-        let mut me = Self { mount: dir.join("reflink-pool"), dev: Some(dev) };
-        sh(&["mkfs.xfs", "-q", "-m", "reflink=1", &dev.path().to_string_lossy()])?;
+        let mut me = Self {
+            mount: dir.join("reflink-pool"),
+            dev: Some(dev),
+        };
+        sh(&[
+            "mkfs.xfs",
+            "-q",
+            "-m",
+            "reflink=1",
+            &dev.path().to_string_lossy(),
+        ])?;
         std::fs::create_dir_all(&me.mount)?;
-        haina_sys::mount::mount_fs(&dev.path(), &me.mount, "xfs", haina_sys::MountFlags::empty(), "")?;
+        haina_sys::mount::mount_fs(
+            &dev.path(),
+            &me.mount,
+            "xfs",
+            haina_sys::MountFlags::empty(),
+            "",
+        )?;
         me.dev = Some(dev);
         Ok(me)
     }
@@ -305,11 +397,15 @@ impl Drop for ScratchXfs {
 }
 
 fn used_bytes(path: &Path) -> u64 {
-    rustix::fs::statvfs(path).map(|s| (s.f_blocks - s.f_bfree) * s.f_frsize).unwrap_or(0)
+    rustix::fs::statvfs(path)
+        .map(|s| (s.f_blocks - s.f_bfree) * s.f_frsize)
+        .unwrap_or(0)
 }
 
 async fn snapshot(work_dir: &Path) -> Result<(), BoxError> {
-    let dir = tempfile::Builder::new().prefix("haina-bench-").tempdir_in(work_dir)?;
+    let dir = tempfile::Builder::new()
+        .prefix("haina-bench-")
+        .tempdir_in(work_dir)?;
     let xfs = ScratchXfs::new(dir.path(), 4 << 30)?;
     let copy_root = dir.path().join("copy-pool");
     let config = format!(
@@ -340,13 +436,22 @@ async fn snapshot(work_dir: &Path) -> Result<(), BoxError> {
 }
 
 /// Returns (snapshot ms, clone ms, extra MiB, method).
-async fn snapshot_one(p: &mut Plugin, dir: &Path, pool: &str, fs_root: &Path) -> Result<(f64, f64, f64, &'static str), BoxError> {
-    let params: std::collections::HashMap<String, String> = [("pool".to_string(), pool.to_string())].into();
+async fn snapshot_one(
+    p: &mut Plugin,
+    dir: &Path,
+    pool: &str,
+    fs_root: &Path,
+) -> Result<(f64, f64, f64, &'static str), BoxError> {
+    let params: std::collections::HashMap<String, String> =
+        [("pool".to_string(), pool.to_string())].into();
     let vol = p
         .controller
         .create_volume(csi::CreateVolumeRequest {
             name: format!("src-{pool}"),
-            capacity_range: Some(csi::CapacityRange { required_bytes: 1 << 30, limit_bytes: 0 }),
+            capacity_range: Some(csi::CapacityRange {
+                required_bytes: 1 << 30,
+                limit_bytes: 0,
+            }),
             volume_capabilities: vec![cap("ext4")],
             parameters: params.clone(),
             ..Default::default()
@@ -379,7 +484,11 @@ async fn snapshot_one(p: &mut Plugin, dir: &Path, pool: &str, fs_root: &Path) ->
     let t = Instant::now();
     let snap = p
         .controller
-        .create_snapshot(csi::CreateSnapshotRequest { source_volume_id: id.clone(), name: format!("snap-{pool}"), ..Default::default() })
+        .create_snapshot(csi::CreateSnapshotRequest {
+            source_volume_id: id.clone(),
+            name: format!("snap-{pool}"),
+            ..Default::default()
+        })
         .await?
         .into_inner()
         .snapshot
@@ -393,9 +502,11 @@ async fn snapshot_one(p: &mut Plugin, dir: &Path, pool: &str, fs_root: &Path) ->
             volume_capabilities: vec![cap("ext4")],
             parameters: params,
             volume_content_source: Some(csi::VolumeContentSource {
-                r#type: Some(csi::volume_content_source::Type::Volume(csi::volume_content_source::VolumeSource {
-                    volume_id: id.clone(),
-                })),
+                r#type: Some(csi::volume_content_source::Type::Volume(
+                    csi::volume_content_source::VolumeSource {
+                        volume_id: id.clone(),
+                    },
+                )),
             }),
             ..Default::default()
         })
@@ -405,11 +516,30 @@ async fn snapshot_one(p: &mut Plugin, dir: &Path, pool: &str, fs_root: &Path) ->
         .ok_or("no clone")?;
     let clone_ms = ms(t.elapsed());
     let extra = used_bytes(fs_root).saturating_sub(before) as f64 / (1u64 << 20) as f64;
-    let method = if pool == "reflink" { "reflink" } else { "sparse copy" };
-    p.node.node_unstage_volume(csi::NodeUnstageVolumeRequest { volume_id: id.clone(), staging_target_path: st }).await?;
+    let method = if pool == "reflink" {
+        "reflink"
+    } else {
+        "sparse copy"
+    };
+    p.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: st,
+        })
+        .await?;
     for v in [clone.volume_id, id] {
-        p.controller.delete_volume(csi::DeleteVolumeRequest { volume_id: v, ..Default::default() }).await?;
+        p.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: v,
+                ..Default::default()
+            })
+            .await?;
     }
-    p.controller.delete_snapshot(csi::DeleteSnapshotRequest { snapshot_id: snap.snapshot_id, ..Default::default() }).await?;
+    p.controller
+        .delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        })
+        .await?;
     Ok((snap_ms, clone_ms, extra, method))
 }
