@@ -101,11 +101,12 @@ impl Config {
             );
         }
         if let Some(d) = &cfg.default_pool
-            && !cfg.pools.contains_key(d) {
-                return Err(Error::InvalidArgument(format!(
-                    "default_pool {d:?} is not one of the configured pools"
-                )));
-            }
+            && !cfg.pools.contains_key(d)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "default_pool {d:?} is not one of the configured pools"
+            )));
+        }
         Ok(cfg)
     }
 

@@ -140,9 +140,10 @@ pub fn render(d: &Driver) -> String {
             m.volumes.get_or_create(&pool).set(v.len() as i64);
         }
         if d.services.node
-            && let Ok(n) = backend.attachments() {
-                m.attachments.get_or_create(&pool).set(n.len() as i64);
-            }
+            && let Ok(n) = backend.attachments()
+        {
+            m.attachments.get_or_create(&pool).set(n.len() as i64);
+        }
         let healthy = backend.health().is_ok();
         m.pool_healthy
             .get_or_create(&vec![

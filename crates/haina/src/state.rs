@@ -124,9 +124,10 @@ pub fn list(dir: &Path) -> Result<Vec<String>, StateError> {
         let entry = entry.map_err(|e| err("list", dir, e))?;
         let name = entry.file_name();
         if let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".json"))
-            && !stem.starts_with('.') {
-                names.push(stem.to_string());
-            }
+            && !stem.starts_with('.')
+        {
+            names.push(stem.to_string());
+        }
     }
     names.sort();
     Ok(names)

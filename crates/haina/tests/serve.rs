@@ -10,17 +10,36 @@ use haina_csi::v1 as csi;
 async fn services_flag_selects_what_is_served() {
     let server = Server::start_with(&[("HAINA_SERVICES", "node")]).await;
     let mut c = server.clients().await;
-    let caps = c.identity.get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
+    let caps = c
+        .identity
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     use csi::plugin_capability::{Type, service};
     assert!(!caps.capabilities.iter().any(|cap| matches!(cap.r#type, Some(Type::Service(ref s)) if s.r#type == service::Type::ControllerService as i32)));
-    let e = c.controller.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap_err();
+    let e = c
+        .controller
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
-    c.node.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap();
+    c.node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap();
 
     let server = Server::start_with(&[("HAINA_SERVICES", "controller")]).await;
     let mut c = server.clients().await;
-    c.controller.controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {}).await.unwrap();
-    let e = c.node.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap_err();
+    c.controller
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap();
+    let e = c
+        .node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), tonic::Code::Unimplemented);
 }
 

@@ -250,9 +250,10 @@ pub fn loops_under(root: &Path) -> Vec<(String, String)> {
             continue;
         }
         if let Ok(b) = std::fs::read_to_string(e.path().join("loop/backing_file"))
-            && b.trim().starts_with(root.to_str().unwrap()) {
-                out.push((format!("/dev/{name}"), b.trim().to_string()));
-            }
+            && b.trim().starts_with(root.to_str().unwrap())
+        {
+            out.push((format!("/dev/{name}"), b.trim().to_string()));
+        }
     }
     out
 }
