@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::backend::SharedBackend;
 use crate::backend::local::LocalPool;
+use crate::backend::rbd::RbdPool;
 use crate::config::{Config, PoolConfig};
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, PoolName};
@@ -54,10 +55,8 @@ impl Driver {
                         l.direct_io,
                     )?)
                 }
-                PoolConfig::Rbd(_) => {
-                    return Err(Error::Unimplemented(format!(
-                        "pool {name}: rbd pools are not available in this build yet"
-                    )));
+                PoolConfig::Rbd(r) => {
+                    Arc::new(RbdPool::open(name.clone(), r, node_id.clone(), &data_dir)?)
                 }
             };
             pools.insert(name.clone(), backend);

@@ -7,7 +7,8 @@
 //! | [`grpc`] | the CSI services: request validation, conversion, error mapping, the RPC log |
 //! | [`controller`] | Controller logic: sizing, idempotency, publish conflicts, topology, paging |
 //! | [`node`] | Node logic: stage (attach, format, mount), publish (bind), stats, expansion |
-//! | [`backend`] | the `Backend` trait and one file per pool kind (`local`, ...) |
+//! | [`backend`] | the `Backend` trait and one file per pool kind (`local`, `rbd`) |
+//! | [`attach`] | node-side attach of RBD images: `fuse` (our own FUSE server + loop), `krbd`, `nbd` |
 //! | [`driver`] | configured pools, node identity and the in-flight guard |
 //! | [`ids`] | validated IDs and paths: nothing unvalidated reaches the filesystem |
 //! | [`limiter`] | one operation per volume in flight (ABORTED otherwise) |
@@ -20,6 +21,7 @@
 //! Error policy: one [`error::Error`] with a variant per CSI outcome a CO acts
 //! on, converted to a gRPC status in exactly one place.
 
+pub mod attach;
 pub mod backend;
 pub mod cli;
 pub mod config;

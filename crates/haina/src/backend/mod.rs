@@ -2,7 +2,7 @@
 //!
 //! Every pool kind implements [`Backend`], one file each:
 //! - [`local`]: image files in a directory, attached as loop devices;
-//! - `rbd`: Ceph RBD images (see the Ceph issue).
+//! - [`rbd`]: Ceph RBD images, attached on nodes through [`crate::attach`].
 //!
 //! Methods are blocking; the gRPC layer calls them from `spawn_blocking`
 //! while holding the per-volume guard, so a backend never sees two calls for
@@ -11,6 +11,7 @@
 
 pub mod copy;
 pub mod local;
+pub mod rbd;
 
 use std::path::PathBuf;
 use std::sync::Arc;

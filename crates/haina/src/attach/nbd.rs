@@ -1,0 +1,113 @@
+//! The `nbd` mounter: `rbd-nbd` serves the image to the kernel's NBD
+//! driver from a daemon of its own (not the plugin), found again with
+//! `rbd-nbd list-mapped`.
+//!
+//! It needs the kernel module `nbd` (and the `rbd-nbd` tool); [`available`]
+//! says so, naming the module, when the module is neither loaded nor
+//! loadable. Like krbd, the key goes through a 0600 key file removed as soon
+//! as `rbd-nbd map` returns.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::krbd::KeyFile;
+use super::{AttachError, OpenMode, Target, module_usable};
+use crate::backend::Attachment;
+
+/// Whether rbd-nbd can be used on this node.
+pub fn available() -> Result<(), AttachError> {
+    static CHECK: OnceLock<Result<(), String>> = OnceLock::new();
+    module_usable(&CHECK, "nbd", "/sys/block/nbd0").map_err(|detail| AttachError::ModuleMissing {
+        mounter: "nbd",
+        module: "nbd",
+        detail,
+    })
+}
+
+#[derive(serde::Deserialize)]
+struct Mapped {
+    pool: String,
+    image: String,
+    #[serde(default)]
+    snap: String,
+    device: String,
+}
+
+/// Every image of `pool` rbd-nbd serves, as attachments.
+pub fn mapped_in(pool: &str) -> Vec<Attachment> {
+    if available().is_err() {
+        return Vec::new();
+    }
+    let Ok(out) = haina_sys::exec::Cmd::new("rbd-nbd")
+        .args(["list-mapped", "--format", "json"])
+        .timeout(Duration::from_secs(30))
+        .run()
+    else {
+        return Vec::new();
+    };
+    let list: Vec<Mapped> = serde_json::from_str(&out.stdout).unwrap_or_default();
+    list.into_iter()
+        .filter(|m| m.pool == pool && (m.snap.is_empty() || m.snap == "-"))
+        .map(|m| Attachment {
+            device: PathBuf::from(m.device),
+            mounter: "nbd",
+            backing: format!("{}/{}", m.pool, m.image),
+            newly_attached: false,
+        })
+        .collect()
+}
+
+/// The device `rbd-nbd` serves `pool/image` on, if any.
+pub fn find(pool: &str, image: &str) -> Option<Attachment> {
+    let wanted = format!("{pool}/{image}");
+    mapped_in(pool).into_iter().find(|a| a.backing == wanted)
+}
+
+/// Maps the image through rbd-nbd (or finds its mapping).
+pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachError> {
+    if let Some(a) = find(target.rados_pool, target.image) {
+        return Ok(a);
+    }
+    let key = KeyFile::write(key_dir, target.key)?;
+    let mut cmd = haina_sys::exec::Cmd::new("rbd-nbd")
+        .args(["map", "--id", target.user])
+        .arg("--keyfile")
+        .arg(&key.0)
+        .timeout(Duration::from_secs(120));
+    if !target.mon_host.is_empty() {
+        cmd = cmd.args(["-m", target.mon_host]);
+    }
+    if let Some(conf) = target.ceph_conf {
+        cmd = cmd.arg("-c").arg(conf);
+    }
+    match target.mode {
+        OpenMode::ReadOnly => cmd = cmd.arg("--read-only"),
+        OpenMode::Exclusive => cmd = cmd.arg("--exclusive"),
+        OpenMode::Shared => {}
+    }
+    let out = cmd
+        .arg(target.spec())
+        .run()
+        .map_err(|e| AttachError::system("rbd-nbd map", e))?;
+    drop(key);
+    Ok(Attachment {
+        device: PathBuf::from(out.stdout.trim()),
+        mounter: "nbd",
+        backing: target.spec(),
+        newly_attached: true,
+    })
+}
+
+/// Unmaps the image if rbd-nbd serves it.
+pub fn detach(pool: &str, image: &str) -> Result<(), AttachError> {
+    if let Some(a) = find(pool, image) {
+        haina_sys::exec::Cmd::new("rbd-nbd")
+            .arg("unmap")
+            .arg(&a.device)
+            .timeout(Duration::from_secs(120))
+            .run()
+            .map_err(|e| AttachError::system("rbd-nbd unmap", e))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,999 @@
+//! Ceph RBD pools: volumes and snapshots are RBD images, created and
+//! removed through one kept-open librados connection (no `rbd` processes on
+//! the controller path), and attached on nodes through [`crate::attach`].
+//!
+//! Ceph is the record. Image names derive from the CO's request names and
+//! everything else (name, context, source, publications, attachments) is
+//! image metadata ([`meta`]), so a controller restarted anywhere sees the
+//! same state, and every step is idempotent: a create retried after
+//! `kill -9` finds the image it made and completes it (the `haina.id` key
+//! is written last), a delete retried finds less to do.
+//!
+//! Snapshots and clones never copy data:
+//! - snapshot S of volume V: an RBD snapshot `V@csi-snap-S`, cloned (clone
+//!   v2) into the image `csi-snap-S`, after which `V@csi-snap-S` is removed
+//!   (librbd keeps it in V's trash namespace while the clone needs it). The
+//!   snapshot image gets its own RBD snapshot `haina-restore`;
+//! - restore from S: a clone of `csi-snap-S@haina-restore`;
+//! - clone of volume V into N: a temporary `V@csi-vol-N`, cloned to
+//!   `csi-vol-N`, then removed the same way;
+//! - a new clone whose chain of parents is deeper than `clone_depth_limit`
+//!   is flattened (the only full copy, and only at the limit).
+//!
+//! Deleting an image that clones still depend on (a volume with snapshots,
+//! a snapshot with restores) cannot remove it: it is marked
+//! `haina.deleted`, which hides it from the CO, and removed by garbage
+//! collection when its last dependant goes. So a snapshot outlives its
+//! source volume, and a volume with snapshots can still be deleted.
+//!
+//! Fencing: publications live in metadata, and ControllerPublish also
+//! checks the image's watchers against the nodes' attach records, so a node
+//! that still has the image open without a publication (a stale mapping)
+//! is named in the FAILED_PRECONDITION. Single-writer attachments hold the
+//! exclusive lock for as long as they are attached.
+
+pub mod conn;
+pub mod meta;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use haina_rbd::{Features, Image, ParentInfo};
+
+use self::conn::{ClusterAddr, Conn, Connections, ceph_err};
+use self::meta::{Kind, Meta};
+use super::{Attachment, Backend, CreateSpec};
+use crate::attach::{self, Mounter, OpenMode, Target};
+use crate::config::RbdConfig;
+use crate::error::{Error, Result};
+use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::volume::{
+    AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
+    Volume,
+};
+
+/// ENOTEMPTY from rbd_remove: the image has snapshots that clones use.
+const ENOTEMPTY: i32 = 39;
+/// Generations probed before giving up (a safety net, never reached).
+const MAX_GENERATIONS: u32 = 1000;
+
+pub struct RbdPool {
+    name: PoolName,
+    conns: Connections,
+    features: Features,
+    mounter: Mounter,
+    clone_depth_limit: u32,
+    node_id: String,
+    /// `<data-dir>/rbd/<pool>` (canonical): FUSE mount points, logs, pids.
+    node_dir: PathBuf,
+}
+
+/// An image slot of an object: the present generation, or where a new one goes.
+enum Slot {
+    Present {
+        image: String,
+        meta: Meta,
+        size: u64,
+    },
+    Missing {
+        image: String,
+    },
+}
+
+fn is_errno(e: &haina_rbd::Error, errno: i32) -> bool {
+    e.errno() == Some(errno)
+}
+
+fn now_secs() -> u64 {
+    crate::volume::now_unix().0 as u64
+}
+
+fn default_features() -> Features {
+    Features::LAYERING
+        | Features::EXCLUSIVE_LOCK
+        | Features::OBJECT_MAP
+        | Features::FAST_DIFF
+        | Features::DEEP_FLATTEN
+}
+
+impl RbdPool {
+    /// Checks the config; connects lazily, on first use.
+    pub fn open(name: PoolName, cfg: &RbdConfig, node_id: String, data_dir: &Path) -> Result<Self> {
+        let bad = |m: String| Error::InvalidArgument(format!("pool {name}: {m}"));
+        if cfg.rados_pool.is_empty() {
+            return Err(bad("rados_pool is required".into()));
+        }
+        if cfg.monitors.is_empty() && cfg.ceph_conf.is_none() {
+            return Err(bad("set monitors or ceph_conf".into()));
+        }
+        let mounter: Mounter = cfg.mounter.parse().map_err(|e: Error| e.context(&name))?;
+        let features = if cfg.image_features.is_empty() {
+            default_features()
+        } else {
+            let mut f = Features::NONE;
+            for n in &cfg.image_features {
+                f |= Features::from_name(n)
+                    .ok_or_else(|| bad(format!("unknown image feature {n:?}")))?;
+            }
+            f
+        };
+        if !features.contains(Features::LAYERING) {
+            return Err(bad(
+                "image_features must include layering (snapshots and clones are clones)".into(),
+            ));
+        }
+        let configured = match (&cfg.user, &cfg.keyring) {
+            (_, None) => None,
+            (user, Some(k)) => Some((user.clone().unwrap_or_else(|| "admin".into()), k.clone())),
+        };
+        let node_dir = data_dir.join("rbd").join(name.as_str());
+        std::fs::create_dir_all(&node_dir)
+            .map_err(|e| Error::internal(format!("creating {}", node_dir.display()), e))?;
+        let node_dir = std::fs::canonicalize(&node_dir)
+            .map_err(|e| Error::internal(format!("resolving {}", node_dir.display()), e))?;
+        let addr = ClusterAddr {
+            mon_host: cfg.monitors.join(","),
+            ceph_conf: cfg.ceph_conf.clone(),
+            rados_pool: cfg.rados_pool.clone(),
+        };
+        tracing::info!(pool = %name, rados_pool = %addr.rados_pool, mon_host = %addr.mon_host,
+            mounter = mounter.as_str(), features = %features, "rbd pool configured");
+        Ok(Self {
+            name,
+            conns: Connections::new(addr, configured),
+            features,
+            mounter,
+            clone_depth_limit: cfg.clone_depth_limit,
+            node_id,
+            node_dir,
+        })
+    }
+
+    fn own(&self, id: &VolumeId) -> Result<()> {
+        if id.pool() != &self.name {
+            return Err(Error::internal(
+                format!("ID {id} routed to pool {}", self.name),
+                io::Error::other("pool mismatch"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn rados_pool(&self) -> &str {
+        &self.conns.addr().rados_pool
+    }
+
+    /// Maps a Ceph error, dropping the connection if it is the culprit.
+    fn ck<T>(&self, c: &Conn, what: impl FnOnce() -> String, r: haina_rbd::Result<T>) -> Result<T> {
+        r.map_err(|e| {
+            self.conns.check(c, &e);
+            ceph_err(what(), e)
+        })
+    }
+
+    fn open_rw(&self, c: &Conn, image: &str) -> Result<Image> {
+        self.ck(c, || format!("opening image {image}"), c.io.open(image))
+    }
+
+    fn read_meta(&self, c: &Conn, img: &Image) -> Result<Meta> {
+        let list = self.ck(
+            c,
+            || format!("reading the metadata of {}", img.name()),
+            img.metadata_list(),
+        )?;
+        Ok(Meta::from_list(list))
+    }
+
+    /// Opens read-only; `None` if the image does not exist.
+    fn try_open_ro(&self, c: &Conn, image: &str) -> Result<Option<Image>> {
+        match c.io.open_read_only(image) {
+            Ok(img) => Ok(Some(img)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => self.ck(c, || format!("opening image {image}"), Err(e)),
+        }
+    }
+
+    /// The present generation of an object, else the name for a new one.
+    fn resolve(&self, c: &Conn, kind: Kind, object: &str) -> Result<Slot> {
+        for generation in 0..MAX_GENERATIONS {
+            let image = meta::image_name(kind, object, generation);
+            let Some(img) = self.try_open_ro(c, &image)? else {
+                return Ok(Slot::Missing { image });
+            };
+            let meta = self.read_meta(c, &img)?;
+            if !meta.is_deleted() {
+                let size = self.ck(c, || format!("size of {image}"), img.size())?;
+                return Ok(Slot::Present { image, meta, size });
+            }
+        }
+        Err(Error::internal(
+            format!("object {object}"),
+            io::Error::other("too many deleted generations"),
+        ))
+    }
+
+    /// The complete, present image of an object, with its metadata.
+    fn live(&self, c: &Conn, kind: Kind, object: &str) -> Result<Option<(String, Meta, u64)>> {
+        Ok(match self.resolve(c, kind, object)? {
+            Slot::Present { image, meta, size } if meta.is_complete(&image) => {
+                Some((image, meta, size))
+            }
+            _ => None,
+        })
+    }
+
+    fn volume_of(&self, id: &VolumeId, image: &str, meta: &Meta, size: u64) -> Result<Volume> {
+        meta.volume(id, image, size)
+    }
+
+    /// Number of ancestors of an image (clone depth).
+    fn depth(&self, c: &Conn, img: &Image) -> Result<u32> {
+        let mut depth = 0;
+        let mut parent = self.ck(c, || "reading a parent".into(), img.parent_info())?;
+        while let Some(p) = parent {
+            depth += 1;
+            if depth > 64 || p.image_in_trash {
+                break;
+            }
+            let io = if p.pool_name == self.rados_pool() {
+                c.io.clone()
+            } else {
+                self.ck(
+                    c,
+                    || format!("pool {}", p.pool_name),
+                    c.cluster.ioctx(&p.pool_name),
+                )?
+            };
+            let Ok(up) = io.open_read_only(&p.image_name) else {
+                break;
+            };
+            parent = self.ck(c, || "reading a parent".into(), up.parent_info())?;
+        }
+        Ok(depth)
+    }
+
+    /// Flattens a new clone if its chain got deeper than the limit.
+    fn limit_depth(&self, c: &Conn, img: &Image) -> Result<()> {
+        let depth = self.depth(c, img)?;
+        if depth > self.clone_depth_limit {
+            tracing::info!(
+                image = img.name(),
+                depth,
+                limit = self.clone_depth_limit,
+                "clone chain too deep; flattening"
+            );
+            self.ck(c, || format!("flattening {}", img.name()), img.flatten())?;
+        }
+        Ok(())
+    }
+
+    /// Replaces whatever `haina.*` keys a clone inherited with `keys`, then
+    /// writes `haina.id` last: from then on the image is complete.
+    fn write_meta(&self, c: &Conn, img: &Image, keys: &[(&str, String)]) -> Result<()> {
+        let name = img.name().to_string();
+        let what = || format!("writing the metadata of {name}");
+        for (k, _) in self.read_meta(c, img)?.0 {
+            if !keys.iter().any(|(want, _)| *want == k) {
+                self.ck(c, what, img.metadata_remove(&k))?;
+            }
+        }
+        for (k, v) in keys {
+            self.ck(c, what, img.metadata_set(k, v))?;
+        }
+        self.ck(c, what, img.metadata_set(meta::KEY_ID, &name))
+    }
+
+    /// Makes `child` a clone of `parent@snap` (or finds it made). A clone
+    /// of another parent (an abandoned create) is replaced.
+    fn ensure_clone(&self, c: &Conn, parent: &str, snap: &str, child: &str) -> Result<()> {
+        if let Some(img) = self.try_open_ro(c, child)? {
+            let p = self.ck(c, || format!("parent of {child}"), img.parent_info())?;
+            if p.is_some_and(|p| p.image_name == parent) {
+                return Ok(());
+            }
+            drop(img);
+            tracing::warn!(
+                image = child,
+                parent,
+                "replacing an incomplete image of another origin"
+            );
+            self.ck(c, || format!("removing {child}"), c.io.remove_image(child))?;
+        }
+        match c.io.clone_image(&c.io, parent, snap, child, self.features) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_already_exists() => Ok(()),
+            Err(e) => self.ck(c, || format!("cloning {parent}@{snap} to {child}"), Err(e)),
+        }
+    }
+
+    /// Creates an RBD snapshot if absent.
+    fn ensure_snap(&self, c: &Conn, img: &Image, snap: &str) -> Result<()> {
+        match img.snap_create(snap) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_already_exists() => Ok(()),
+            Err(e) => self.ck(c, || format!("snapshotting {}@{snap}", img.name()), Err(e)),
+        }
+    }
+
+    /// Removes an RBD snapshot if present (clone v2 moves a snapshot that
+    /// clones use to the trash namespace).
+    fn drop_snap(&self, c: &Conn, image: &str, snap: &str) -> Result<()> {
+        let Some(_) = self.try_open_ro(c, image)? else {
+            return Ok(());
+        };
+        let img = self.open_rw(c, image)?;
+        match img.snap_remove(snap) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => self.ck(c, || format!("removing {image}@{snap}"), Err(e)),
+        }
+    }
+
+    /// The source image a create copies from: `(parent image, parent snap)`.
+    /// For a volume source the temporary snapshot is made here.
+    fn source_of(&self, c: &Conn, source: &ContentSource, child: &str) -> Result<(String, String)> {
+        let (field, raw, kind) = match source {
+            ContentSource::Snapshot(s) => (
+                "volume_content_source.snapshot.snapshot_id",
+                s,
+                Kind::Snapshot,
+            ),
+            ContentSource::Volume(v) => ("volume_content_source.volume.volume_id", v, Kind::Volume),
+        };
+        let id = VolumeId::parse_existing(field, raw)?;
+        if id.pool() != &self.name {
+            return Err(Error::InvalidArgument(format!(
+                "{field} {raw} is in pool {}, but the new volume is in pool {}; \
+                 copy across pools is not supported",
+                id.pool(),
+                self.name
+            )));
+        }
+        let (image, _, _) = self
+            .live(c, kind, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))?;
+        match kind {
+            Kind::Snapshot => Ok((image, meta::RESTORE_SNAP.to_string())),
+            Kind::Volume => {
+                // The temporary snapshot is named after the child, so a retry
+                // finds it; once the clone exists it is not needed.
+                if self.try_open_ro(c, child)?.is_none() {
+                    let img = self.open_rw(c, &image)?;
+                    self.ensure_snap(c, &img, child)?;
+                }
+                Ok((image, child.to_string()))
+            }
+        }
+    }
+
+    fn build_volume(&self, c: &Conn, spec: &CreateSpec, image: &str) -> Result<Volume> {
+        match &spec.source {
+            None => {
+                if let Some(img) = self.try_open_ro(c, image)?
+                    && self
+                        .ck(c, || format!("parent of {image}"), img.parent_info())?
+                        .is_some()
+                {
+                    drop(img);
+                    self.ck(c, || format!("removing {image}"), c.io.remove_image(image))?;
+                }
+                match c.io.create_image(image, spec.capacity, self.features) {
+                    Ok(()) => {}
+                    Err(e) if e.is_already_exists() => {}
+                    Err(e) => self.ck(c, || format!("creating image {image}"), Err(e))?,
+                }
+            }
+            Some(source) => {
+                let (parent, snap) = self.source_of(c, source, image)?;
+                self.ensure_clone(c, &parent, &snap, image)?;
+                if matches!(source, ContentSource::Volume(_)) {
+                    self.drop_snap(c, &parent, &snap)?;
+                }
+            }
+        }
+        crate::failpoint::hit("rbd-after-create")?;
+        let img = self.open_rw(c, image)?;
+        let size = self.ck(c, || format!("size of {image}"), img.size())?;
+        if size < spec.capacity {
+            self.ck(c, || format!("resizing {image}"), img.resize(spec.capacity))?;
+        }
+        if spec.source.is_some() {
+            self.limit_depth(c, &img)?;
+        }
+        let mut keys = vec![
+            (meta::KEY_NAME, spec.name.clone()),
+            (meta::KEY_CONTEXT, to_json(&spec.context)?),
+            (meta::KEY_CREATED, now_secs().to_string()),
+        ];
+        if let Some(s) = &spec.source {
+            keys.push((meta::KEY_SOURCE, to_json(s)?));
+        }
+        self.write_meta(c, &img, &keys)?;
+        let meta = self.read_meta(c, &img)?;
+        self.volume_of(&spec.id, image, &meta, size.max(spec.capacity))
+    }
+
+    /// Removes an image of `kind`, or (if clones still depend on it) marks it
+    /// deleted; then collects garbage up its parent chain.
+    fn remove_or_hide(&self, c: &Conn, image: &str, parent: Option<ParentInfo>) -> Result<()> {
+        match c.io.remove_image(image) {
+            Ok(()) => {
+                tracing::info!(image, "removed image");
+                if let Some(p) = &parent {
+                    // The temporary snapshot of a clone that never completed.
+                    if p.snap_name == image && p.pool_name == self.rados_pool() {
+                        self.drop_snap(c, &p.image_name, &p.snap_name)?;
+                    }
+                }
+                self.collect_below(c, image);
+                self.collect(c, parent);
+                Ok(())
+            }
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) if is_errno(&e, ENOTEMPTY) => {
+                tracing::info!(
+                    image,
+                    "image has dependent clones; hiding it until they are gone"
+                );
+                let img = self.open_rw(c, image)?;
+                let what = || format!("marking {image} deleted");
+                self.ck(
+                    c,
+                    what,
+                    img.metadata_set(meta::KEY_DELETED, &now_secs().to_string()),
+                )?;
+                self.ck(c, what, img.metadata_remove(meta::KEY_ID))?;
+                Ok(())
+            }
+            Err(e) if e.is_busy() => Err(Error::FailedPrecondition(format!(
+                "image {}/{image} is still open by a client: {e}",
+                self.rados_pool()
+            ))),
+            Err(e) => self.ck(c, || format!("removing image {image}"), Err(e)),
+        }
+    }
+
+    /// Garbage collection up a parent chain: removes deleted parents that
+    /// nothing depends on any more. Failures only stop the walk.
+    fn collect(&self, c: &Conn, mut parent: Option<ParentInfo>) {
+        while let Some(p) = parent.take() {
+            if p.pool_name != self.rados_pool() || p.image_in_trash {
+                return;
+            }
+            match self.try_remove_deleted(c, &p.image_name) {
+                Some(up) => {
+                    self.collect_below(c, &p.image_name);
+                    parent = up;
+                }
+                None => return,
+            }
+        }
+    }
+
+    /// After removing generation g of an object, removes deleted
+    /// generations below it that nothing depends on (highest first).
+    fn collect_below(&self, c: &Conn, image: &str) {
+        let Some((kind, object, generation)) = meta::parse_image_name(image) else {
+            return;
+        };
+        for g in (0..generation).rev() {
+            let name = meta::image_name(kind, object, g);
+            match self.try_remove_deleted(c, &name) {
+                Some(up) => self.collect(c, up),
+                None => return,
+            }
+        }
+    }
+
+    /// Removes `image` if it is marked deleted, is the highest generation
+    /// and has no dependants. Returns its parent when removed.
+    fn try_remove_deleted(&self, c: &Conn, image: &str) -> Option<Option<ParentInfo>> {
+        let img = self.try_open_ro(c, image).ok()??;
+        if !self.read_meta(c, &img).ok()?.is_deleted() {
+            return None;
+        }
+        if let Some((kind, object, g)) = meta::parse_image_name(image) {
+            let next = meta::image_name(kind, object, g + 1);
+            if !matches!(self.try_open_ro(c, &next), Ok(None)) {
+                return None;
+            }
+        }
+        let up = img.parent_info().ok()?;
+        drop(img);
+        match c.io.remove_image(image) {
+            Ok(()) => {
+                tracing::info!(image, "garbage-collected deleted image");
+                Some(up)
+            }
+            Err(_) => None,
+        }
+    }
+
+    fn fuse_paths(&self, id: &VolumeId) -> attach::fuse::Paths {
+        attach::fuse::Paths::new(&self.node_dir, id.object())
+    }
+
+    /// A krbd or rbd-nbd mapping of this volume (any generation of its
+    /// image), found from the kernel alone.
+    fn kernel_attachment(&self, id: &VolumeId) -> Option<Attachment> {
+        let pool = self.rados_pool();
+        let mut found = Vec::new();
+        if attach::krbd::available().is_ok() {
+            found.extend(attach::krbd::mapped_in(pool));
+        }
+        if attach::nbd::available().is_ok() {
+            found.extend(attach::nbd::mapped_in(pool));
+        }
+        found.into_iter().find(|a| {
+            let image = a.backing.rsplit('/').next().unwrap_or_default();
+            meta::parse_image_name(image)
+                .is_some_and(|(kind, object, _)| kind == Kind::Volume && object == id.object())
+        })
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| Error::internal("encoding metadata", e))
+}
+
+impl Backend for RbdPool {
+    fn name(&self) -> &PoolName {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "rbd"
+    }
+
+    fn topology(&self) -> Option<Segments> {
+        None
+    }
+
+    fn check_capability(&self, cap: &Capability) -> Result<()> {
+        let multi_writer = cap.mode.is_multi_node() && !cap.mode.is_read_only();
+        if multi_writer && matches!(cap.access, AccessType::Mount { .. }) {
+            return Err(Error::InvalidArgument(format!(
+                "access mode {} with a filesystem is not supported by rbd pool {:?}: two nodes \
+                 mounting one ext4/xfs corrupt it; use a block volume, or a single-node mode",
+                cap.mode.name(),
+                self.name.as_str()
+            )));
+        }
+        Ok(())
+    }
+
+    fn health(&self) -> Result<()> {
+        haina_rbd::library_versions()
+            .map(drop)
+            .map_err(|e| ceph_err(format!("pool {}", self.name), e))
+    }
+
+    fn describe(&self) -> Vec<(String, String)> {
+        let addr = self.conns.addr();
+        vec![
+            ("radosPool".into(), addr.rados_pool.clone()),
+            ("monitors".into(), addr.mon_host.clone()),
+            ("mounter".into(), self.mounter.as_str().into()),
+            ("imageFeatures".into(), self.features.to_string()),
+            ("cloneDepthLimit".into(), self.clone_depth_limit.to_string()),
+        ]
+    }
+
+    fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume> {
+        self.own(&spec.id)?;
+        let c = self.conns.get(secrets)?;
+        let image = match self.resolve(&c, Kind::Volume, spec.id.object())? {
+            Slot::Present { image, meta, size } if meta.is_complete(&image) => {
+                let v = self.volume_of(&spec.id, &image, &meta, size)?;
+                if v.name != spec.name || v.source != spec.source || v.context != spec.context {
+                    return Err(Error::AlreadyExists(format!(
+                        "volume {} already exists with a different name, source or parameters",
+                        spec.id
+                    )));
+                }
+                return Ok(v);
+            }
+            // An interrupted create: finish it.
+            Slot::Present { image, .. } | Slot::Missing { image } => image,
+        };
+        self.build_volume(&c, spec, &image)
+    }
+
+    fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let Slot::Present { image, meta, .. } = self.resolve(&c, Kind::Volume, id.object())? else {
+            return Ok(());
+        };
+        if meta.is_complete(&image) {
+            let pubs = meta.publications(&image)?;
+            if !pubs.is_empty() {
+                let nodes: Vec<_> = pubs.keys().cloned().collect();
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is still published to node(s) {}; unpublish it first",
+                    nodes.join(", ")
+                )));
+            }
+        }
+        let img = self.open_rw(&c, &image)?;
+        let watchers: Vec<_> = self
+            .ck(&c, || format!("watchers of {image}"), img.list_watchers())?
+            .into_iter()
+            .filter(|w| w.id as u64 != c.instance_id())
+            .collect();
+        if !watchers.is_empty() {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} (image {}/{image}) is still in use by {}; detach it there first",
+                self.rados_pool(),
+                meta::describe_watchers(&watchers, &meta.attachments())
+            )));
+        }
+        let parent = self.ck(&c, || format!("parent of {image}"), img.parent_info())?;
+        // Snapshots left on a volume are temporaries of snapshot and clone
+        // operations; those still needed move to the trash namespace.
+        for s in self.ck(&c, || format!("snapshots of {image}"), img.snap_list())? {
+            match img.snap_remove(&s.name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => self.ck(&c, || format!("removing {image}@{}", s.name), Err(e))?,
+            }
+        }
+        drop(img);
+        crate::failpoint::hit("rbd-delete-between")?;
+        self.remove_or_hide(&c, &image, parent)
+    }
+
+    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
+        self.own(id)?;
+        let Some(c) = self.conns.any()? else {
+            tracing::warn!(volume = %id, "no Ceph credentials yet (no keyring configured, no request with secrets seen); answering as if absent");
+            return Ok(None);
+        };
+        self.live(&c, Kind::Volume, id.object())?
+            .map(|(image, meta, size)| self.volume_of(id, &image, &meta, size))
+            .transpose()
+    }
+
+    fn list_volumes(&self) -> Result<Vec<Volume>> {
+        // Listing carries no secrets: without a keyring, a pool this
+        // process has not used yet lists nothing (and says so in the log).
+        let Some(c) = self.conns.any()? else {
+            tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no volumes");
+            return Ok(Vec::new());
+        };
+        let names = self.ck(&c, || "listing images".into(), c.io.list_images())?;
+        let mut out = Vec::new();
+        for name in names {
+            let Some((Kind::Volume, object, _)) = meta::parse_image_name(&name) else {
+                continue;
+            };
+            let Some(img) = self.try_open_ro(&c, &name)? else {
+                continue;
+            };
+            let meta = self.read_meta(&c, &img)?;
+            if !meta.is_complete(&name) {
+                continue;
+            }
+            let id = VolumeId::parse_existing("volume", &format!("{}.{object}", self.name))?;
+            let size = self.ck(&c, || format!("size of {name}"), img.size())?;
+            out.push(self.volume_of(&id, &name, &meta, size)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn capacity(&self) -> Result<Capacity> {
+        let c = self.conns.any()?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "pool {}: no Ceph credentials yet; configure user + keyring for GetCapacity",
+                self.name
+            ))
+        })?;
+        let st = self.ck(
+            &c,
+            || format!("statistics of pool {}", self.rados_pool()),
+            c.cluster.pool_stats(self.rados_pool()),
+        )?;
+        Ok(Capacity {
+            available: st.bytes_avail,
+            maximum_volume_size: None,
+        })
+    }
+
+    fn set_publication(
+        &self,
+        id: &VolumeId,
+        node: &str,
+        publication: Option<Publication>,
+    ) -> Result<Volume> {
+        self.own(id)?;
+        let c = self.conns.any()?.ok_or_else(|| {
+            Error::FailedPrecondition(format!(
+                "pool {}: no Ceph credentials yet to record the publication; configure user + \
+                 keyring, or retry after a request with secrets",
+                self.name
+            ))
+        })?;
+        let (image, _, _) = self
+            .live(&c, Kind::Volume, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let img = self.open_rw(&c, &image)?;
+        let meta = self.read_meta(&c, &img)?;
+        let mut pubs = meta.publications(&image)?;
+        let what = || format!("recording publications of {image}");
+        match publication {
+            Some(p) => {
+                let watchers =
+                    self.ck(&c, || format!("watchers of {image}"), img.list_watchers())?;
+                let records = meta.attachments();
+                let stale = meta::stale_holders(&watchers, c.instance_id(), &records, &pubs, node);
+                if !stale.is_empty() {
+                    let list: Vec<String> = stale.iter().map(ToString::to_string).collect();
+                    return Err(Error::FailedPrecondition(format!(
+                        "volume {id} still has a stale mapping on {} without a publication; \
+                         unstage it there, or if that node is dead, fence it with \
+                         `ceph osd blocklist add {}` (see docs/rbd.md)",
+                        list.join(", "),
+                        stale[0].addr
+                    )));
+                }
+                for gone in meta::gone_records(&watchers, &records) {
+                    let key = format!("{}{gone}", meta::ATTACH_PREFIX);
+                    self.ck(&c, what, img.metadata_remove(&key))?;
+                }
+                pubs.insert(node.to_string(), p);
+            }
+            None => {
+                pubs.remove(node);
+            }
+        }
+        if pubs.is_empty() {
+            self.ck(&c, what, img.metadata_remove(meta::KEY_PUBLICATIONS))?;
+        } else {
+            self.ck(
+                &c,
+                what,
+                img.metadata_set(meta::KEY_PUBLICATIONS, &to_json(&pubs)?),
+            )?;
+        }
+        let size = self.ck(&c, || format!("size of {image}"), img.size())?;
+        let mut v = self.volume_of(id, &image, &meta, size)?;
+        v.publications = pubs;
+        Ok(v)
+    }
+
+    fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let (image, _, current) = self
+            .live(&c, Kind::Volume, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        if current < size {
+            let img = self.open_rw(&c, &image)?;
+            self.ck(
+                &c,
+                || format!("resizing {image} to {size}"),
+                img.resize(size),
+            )?;
+        }
+        Ok(current.max(size))
+    }
+
+    fn create_snapshot(
+        &self,
+        id: &SnapshotId,
+        name: &str,
+        source: &VolumeId,
+        secrets: &Secrets,
+    ) -> Result<Snapshot> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let image = match self.resolve(&c, Kind::Snapshot, id.object())? {
+            Slot::Present { image, meta, .. } if meta.is_complete(&image) => {
+                let s = meta.snapshot(id, &image)?.ok_or_else(|| {
+                    Error::internal(
+                        format!("snapshot image {image}"),
+                        io::Error::other("complete but without haina.snapshot"),
+                    )
+                })?;
+                if s.source_volume_id != source.to_string() {
+                    return Err(Error::AlreadyExists(format!(
+                        "snapshot {name:?} already exists for source volume {}",
+                        s.source_volume_id
+                    )));
+                }
+                return Ok(s);
+            }
+            Slot::Present { image, .. } | Slot::Missing { image } => image,
+        };
+        let (src, _, _) = self
+            .live(&c, Kind::Volume, source.object())?
+            .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
+        // The point in time: an RBD snapshot of the source named after the
+        // snapshot image, cloned into that image, then let go.
+        // An interrupted earlier attempt left the clone: keep it if it is a
+        // clone of this source, else (an abandoned request for another
+        // source, or one flattened before the crash) start over.
+        let existing = match self.try_open_ro(&c, &image)? {
+            Some(img) => {
+                let parent = self.ck(&c, || format!("parent of {image}"), img.parent_info())?;
+                if parent.is_some_and(|p| p.image_name == src) {
+                    Some(self.ck(&c, || format!("size of {image}"), img.size())?)
+                } else {
+                    drop(img);
+                    self.ck(
+                        &c,
+                        || format!("removing {image}"),
+                        c.io.remove_image(&image),
+                    )?;
+                    None
+                }
+            }
+            None => None,
+        };
+        let size = match existing {
+            Some(size) => size,
+            None => {
+                let s = self.open_rw(&c, &src)?;
+                self.ensure_snap(&c, &s, &image)?;
+                let snaps = self.ck(&c, || format!("snapshots of {src}"), s.snap_list())?;
+                let size = snaps
+                    .iter()
+                    .find(|x| x.name == image)
+                    .map(|x| x.size)
+                    .unwrap_or(0);
+                drop(s);
+                self.ensure_clone(&c, &src, &image, &image)?;
+                size
+            }
+        };
+        crate::failpoint::hit("rbd-snapshot-after-clone")?;
+        self.drop_snap(&c, &src, &image)?;
+        let img = self.open_rw(&c, &image)?;
+        self.limit_depth(&c, &img)?;
+        self.ensure_snap(&c, &img, meta::RESTORE_SNAP)?;
+        let record = meta::SnapRecord {
+            name: name.to_string(),
+            source_volume_id: source.to_string(),
+            size,
+            created: crate::volume::now_unix(),
+        };
+        self.write_meta(&c, &img, &[(meta::KEY_SNAPSHOT, to_json(&record)?)])?;
+        Ok(Snapshot {
+            id: id.to_string(),
+            name: record.name,
+            source_volume_id: record.source_volume_id,
+            size,
+            created: record.created,
+            ready: true,
+        })
+    }
+
+    fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let Slot::Present { image, .. } = self.resolve(&c, Kind::Snapshot, id.object())? else {
+            return Ok(());
+        };
+        let img = self.open_rw(&c, &image)?;
+        let parent = self.ck(&c, || format!("parent of {image}"), img.parent_info())?;
+        for s in self.ck(&c, || format!("snapshots of {image}"), img.snap_list())? {
+            match img.snap_remove(&s.name) {
+                Ok(()) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => self.ck(&c, || format!("removing {image}@{}", s.name), Err(e))?,
+            }
+        }
+        drop(img);
+        self.remove_or_hide(&c, &image, parent)
+    }
+
+    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+        self.own(id)?;
+        let Some(c) = self.conns.any()? else {
+            tracing::warn!(snapshot = %id, "no Ceph credentials yet; answering as if absent");
+            return Ok(None);
+        };
+        match self.live(&c, Kind::Snapshot, id.object())? {
+            Some((image, meta, _)) => meta.snapshot(id, &image),
+            None => Ok(None),
+        }
+    }
+
+    fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+        // Listing carries no secrets: without a keyring, a pool this
+        // process has not used yet lists nothing (and says so in the log).
+        let Some(c) = self.conns.any()? else {
+            tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no snapshots");
+            return Ok(Vec::new());
+        };
+        let names = self.ck(&c, || "listing images".into(), c.io.list_images())?;
+        let mut out = Vec::new();
+        for name in names {
+            let Some((Kind::Snapshot, object, _)) = meta::parse_image_name(&name) else {
+                continue;
+            };
+            let Some(img) = self.try_open_ro(&c, &name)? else {
+                continue;
+            };
+            let meta = self.read_meta(&c, &img)?;
+            if !meta.is_complete(&name) {
+                continue;
+            }
+            let id = SnapshotId::parse_existing("snapshot", &format!("{}.{object}", self.name))?;
+            out.extend(meta.snapshot(&id, &name)?);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment> {
+        self.own(id)?;
+        if let Some(a) = self.attachment(id)? {
+            return Ok(a);
+        }
+        let mounter = self.mounter.resolve()?;
+        let c = self.conns.get(secrets)?;
+        let creds = c.credentials();
+        let (image, meta, _) = self
+            .live(&c, Kind::Volume, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let pubs: BTreeMap<String, Publication> = meta.publications(&image)?;
+        let addr = self.conns.addr();
+        let target = Target {
+            rados_pool: &addr.rados_pool,
+            image: &image,
+            mon_host: &addr.mon_host,
+            ceph_conf: addr.ceph_conf.as_deref(),
+            user: &creds.user,
+            key: &creds.key,
+            mode: OpenMode::for_publication(pubs.get(&self.node_id)),
+            node_id: &self.node_id,
+        };
+        let a = match mounter {
+            Mounter::Krbd => attach::krbd::attach(&target, &self.node_dir)?,
+            Mounter::Nbd => attach::nbd::attach(&target, &self.node_dir)?,
+            Mounter::Fuse | Mounter::Auto => {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::internal("finding the haina binary", e))?;
+                attach::fuse::attach(&target, &self.fuse_paths(id), &exe)?
+            }
+        };
+        Ok(a)
+    }
+
+    fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>> {
+        self.own(id)?;
+        if let Some(a) = attach::fuse::find(&self.fuse_paths(id))? {
+            return Ok(Some(a));
+        }
+        Ok(self.kernel_attachment(id))
+    }
+
+    fn detach(&self, id: &VolumeId) -> Result<()> {
+        self.own(id)?;
+        attach::fuse::detach(&self.fuse_paths(id))?;
+        if let Some(a) = self.kernel_attachment(id) {
+            let image = a.backing.rsplit('/').next().unwrap_or_default().to_string();
+            match a.mounter {
+                "krbd" => attach::krbd::detach(self.rados_pool(), &image)?,
+                _ => attach::nbd::detach(self.rados_pool(), &image)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn refresh_size(&self, id: &VolumeId) -> Result<u64> {
+        self.own(id)?;
+        if let Some(size) = attach::fuse::refresh(&self.fuse_paths(id))? {
+            return Ok(size);
+        }
+        // krbd and rbd-nbd pick up a resize on their own.
+        let a = self.kernel_attachment(id).ok_or_else(|| {
+            Error::FailedPrecondition(format!("volume {id} is not attached on this node"))
+        })?;
+        haina_sys::fs::block_device_size(&a.device)
+            .map_err(|e| Error::internal(format!("size of {}", a.device.display()), e))
+    }
+}

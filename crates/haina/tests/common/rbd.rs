@@ -1,0 +1,490 @@
+//! Harness for the RBD tests: the Ceph cluster from the environment, `haina
+//! serve` processes with an RBD pool config (controller and node plugins
+//! may be separate processes, as in a real deployment), CSI requests that
+//! carry the credentials as secrets, and leak checks that include FUSE
+//! servers and RBD images.
+//!
+//! The cluster comes from HAINA_CEPH_MON/USER/KEY/POOL (see
+//! `scripts/ceph/cluster.sh`). Without them a test fails and says how to
+//! boot one, unless HAINA_SKIP_CEPH=1, which makes it print "skipped".
+//! Include it with `#[path = "common/rbd.rs"] mod rbd;` next to `mod common;`.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use haina_csi::endpoint::Endpoint;
+use haina_csi::v1 as csi;
+use haina_csi::v1::identity_client::IdentityClient;
+
+use crate::common::{Clients, Mode, loops_under};
+
+pub const MIB: i64 = 1 << 20;
+
+/// The test cluster.
+#[derive(Clone)]
+pub struct Ceph {
+    pub mon: String,
+    pub user: String,
+    pub key: String,
+    pub pool: String,
+}
+
+impl Ceph {
+    /// The cluster from the environment; `None` (after printing "skipped")
+    /// when HAINA_SKIP_CEPH=1 and there is none.
+    pub fn from_env(test: &str) -> Option<Ceph> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        match (
+            get("HAINA_CEPH_MON"),
+            get("HAINA_CEPH_USER"),
+            get("HAINA_CEPH_KEY"),
+            get("HAINA_CEPH_POOL"),
+        ) {
+            (Some(mon), Some(user), Some(key), Some(pool)) => Some(Ceph {
+                mon,
+                user,
+                key,
+                pool,
+            }),
+            _ if std::env::var("HAINA_SKIP_CEPH").as_deref() == Ok("1") => {
+                println!(
+                    "{test}: skipped (HAINA_SKIP_CEPH=1 and no Ceph cluster in the environment)"
+                );
+                None
+            }
+            _ => panic!(
+                "{test}: no Ceph cluster: HAINA_CEPH_MON/USER/KEY/POOL are not set. Boot one with\n  \
+                 scripts/ceph/install.sh && scripts/ceph/cluster.sh up /tmp/ceph-haina && \
+                 source <(scripts/ceph/cluster.sh env /tmp/ceph-haina)\nor set HAINA_SKIP_CEPH=1 to skip"
+            ),
+        }
+    }
+
+    /// CSI secrets as Kubernetes passes them for a Ceph StorageClass.
+    pub fn secrets(&self) -> HashMap<String, String> {
+        HashMap::from([
+            ("userID".to_string(), self.user.clone()),
+            ("userKey".to_string(), self.key.clone()),
+        ])
+    }
+
+    /// A keyring-less config: credentials come with each request. Pools:
+    /// `ceph` (fuse, the default), `ceph-krbd`, `ceph-nbd`, `ceph-auto`.
+    pub fn config(&self) -> String {
+        let mut s = String::from("default_pool = \"ceph\"\n");
+        for (name, mounter) in [
+            ("ceph", "fuse"),
+            ("ceph-krbd", "krbd"),
+            ("ceph-nbd", "nbd"),
+            ("ceph-auto", "auto"),
+        ] {
+            s += &format!(
+                "[pools.{name}]\nkind = \"rbd\"\nmonitors = [\"{}\"]\nrados_pool = \"{}\"\nmounter = \"{mounter}\"\n",
+                self.mon, self.pool
+            );
+        }
+        s
+    }
+
+    pub fn connect(&self) -> haina_rbd::IoCtx {
+        let opts = haina_rbd::ConnectOpts::new(
+            self.mon.clone(),
+            self.user.clone(),
+            haina_rbd::Secret::new(self.key.clone()),
+        );
+        haina_rbd::Cluster::connect(&opts)
+            .unwrap()
+            .ioctx(&self.pool)
+            .unwrap()
+    }
+
+    /// Images of the pool whose name contains `needle`.
+    pub fn images_with(&self, needle: &str) -> Vec<String> {
+        self.connect()
+            .list_images()
+            .unwrap()
+            .into_iter()
+            .filter(|n| n.contains(needle))
+            .collect()
+    }
+}
+
+/// One `haina serve` process with an RBD config.
+pub struct Plugin {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub node_id: String,
+    pub log: PathBuf,
+    services: String,
+    /// Extra environment for the process (e.g. `HAINA_FAILPOINTS`).
+    pub env: Vec<(String, String)>,
+    child: Option<Child>,
+}
+
+impl Plugin {
+    /// Starts `haina serve --services SERVICES` (e.g. "controller,node").
+    pub async fn start(ceph: &Ceph, services: &str) -> Plugin {
+        Self::start_with_env(ceph, services, &[]).await
+    }
+
+    /// [`Plugin::start`] with extra environment.
+    pub async fn start_with_env(ceph: &Ceph, services: &str, env: &[(&str, &str)]) -> Plugin {
+        let root = PathBuf::from(
+            std::env::var("HAINA_TEST_DIR").unwrap_or_else(|_| "/var/tmp/haina-tests".into()),
+        );
+        std::fs::create_dir_all(&root).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("haina-rbd-")
+            .tempdir_in(root)
+            .unwrap();
+        std::fs::write(dir.path().join("config.toml"), ceph.config()).unwrap();
+        let node_id = format!("node-{}", dir.path().file_name().unwrap().to_string_lossy());
+        let mut p = Plugin {
+            socket: dir.path().join("csi.sock"),
+            log: dir.path().join("server.log"),
+            dir,
+            node_id,
+            services: services.into(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            child: None,
+        };
+        p.spawn().await;
+        p
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A path under this plugin's dir.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// A name unique to this plugin's test (for volumes and snapshots).
+    pub fn unique(&self, what: &str) -> String {
+        let tag = self.dir.path().file_name().unwrap().to_string_lossy();
+        format!(
+            "{what}-{}",
+            tag.trim_start_matches("haina-rbd-").to_lowercase()
+        )
+    }
+
+    /// Starts (or restarts) the process on the same socket and data dir.
+    pub async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_haina"))
+            .args(["serve", "--endpoint"])
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(["--node-id", &self.node_id, "--services", &self.services])
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--config")
+            .arg(self.dir.path().join("config.toml"))
+            .envs(self.env.iter().cloned())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawning haina serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(ch) = Endpoint::parse(self.socket.to_str().unwrap())
+                .unwrap()
+                .connect()
+                .await
+                && IdentityClient::new(ch)
+                    .probe(csi::ProbeRequest {})
+                    .await
+                    .is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("haina serve exited with {status}:\n{}", self.logs());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not come up:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub async fn clients(&self) -> Clients {
+        use haina_csi::v1::controller_client::ControllerClient;
+        use haina_csi::v1::node_client::NodeClient;
+        let ch = Endpoint::parse(self.socket.to_str().unwrap())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Clients {
+            identity: IdentityClient::new(ch.clone()),
+            controller: ControllerClient::new(ch.clone()),
+            node: NodeClient::new(ch),
+        }
+    }
+
+    /// `kill -9` of the plugin alone (its FUSE servers live on).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to die on its own (an `abort` failpoint).
+    pub fn wait_exit(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = rustix::process::kill_process(
+                rustix::process::Pid::from_child(&c),
+                rustix::process::Signal::TERM,
+            );
+            let _ = c.wait();
+        }
+    }
+
+    /// Pids of `haina rbd-fuse` servers serving under this plugin's dir.
+    pub fn fuse_servers(&self) -> Vec<i32> {
+        fuse_servers_under(self.dir.path())
+    }
+
+    /// Asserts the kernel holds nothing of this plugin: no mounts under its
+    /// dir, no loop devices over its files, no FUSE servers.
+    pub fn assert_no_leaks(&self) {
+        let root = self.dir.path().to_str().unwrap();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        let leaked: Vec<&str> = mounts.lines().filter(|l| l.contains(root)).collect();
+        assert!(leaked.is_empty(), "mounts leaked:\n{}", leaked.join("\n"));
+        let loops = loops_under(self.dir.path());
+        assert!(loops.is_empty(), "loop devices leaked: {loops:?}");
+        let servers = self.fuse_servers();
+        assert!(servers.is_empty(), "FUSE servers leaked: {servers:?}");
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        self.stop();
+        // Best effort, so one failed test does not poison the others.
+        let root = self.dir.path().to_path_buf();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4).map(String::from))
+            .filter(|p| p.starts_with(root.to_str().unwrap()))
+            .collect();
+        points.reverse();
+        for p in &points {
+            if !p.ends_with("/image") && !p.contains("/rbd/") {
+                let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+            }
+        }
+        for (dev, _) in loops_under(&root) {
+            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        }
+        for p in points {
+            let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+        }
+        for pid in fuse_servers_under(&root) {
+            if let Some(pid) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}
+
+/// Pids of `haina rbd-fuse` processes whose mountpoint lies under `root`.
+pub fn fuse_servers_under(root: &Path) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+        {
+            continue;
+        }
+        let args: Vec<String> = cmd
+            .split(|&b| b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        if args.iter().any(|a| a == "rbd-fuse")
+            && args.iter().any(|a| a.starts_with(root.to_str().unwrap()))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// A CreateVolume request for `pool` with the cluster's secrets.
+pub fn create(
+    ceph: &Ceph,
+    pool: &str,
+    name: &str,
+    bytes: i64,
+    cap: csi::VolumeCapability,
+) -> csi::CreateVolumeRequest {
+    csi::CreateVolumeRequest {
+        name: name.into(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: bytes,
+            limit_bytes: 0,
+        }),
+        volume_capabilities: vec![cap],
+        parameters: HashMap::from([("pool".to_string(), pool.to_string())]),
+        secrets: ceph.secrets(),
+        ..Default::default()
+    }
+}
+
+/// The node-side steps of one volume on one plugin.
+pub struct Mounted {
+    pub id: String,
+    pub staging: PathBuf,
+    pub target: PathBuf,
+    pub cap: csi::VolumeCapability,
+}
+
+/// ControllerPublish (on `controller`) to `node`, then NodeStage and
+/// NodePublish on `node`.
+pub async fn publish_and_mount(
+    ceph: &Ceph,
+    controller: &mut Clients,
+    node: &Plugin,
+    id: &str,
+    cap: &csi::VolumeCapability,
+    tag: &str,
+) -> Result<Mounted, tonic::Status> {
+    let ctx = controller
+        .controller
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.node_id.clone(),
+            volume_capability: Some(cap.clone()),
+            secrets: ceph.secrets(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .publish_context;
+    mount_on(ceph, node, id, cap, tag, ctx).await
+}
+
+/// NodeStage + NodePublish on `node`.
+pub async fn mount_on(
+    ceph: &Ceph,
+    node: &Plugin,
+    id: &str,
+    cap: &csi::VolumeCapability,
+    tag: &str,
+    publish_context: HashMap<String, String>,
+) -> Result<Mounted, tonic::Status> {
+    let mut c = node.clients().await;
+    let staging = node.path(&format!("staging-{tag}"));
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            publish_context,
+            staging_target_path: staging.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            secrets: ceph.secrets(),
+            ..Default::default()
+        })
+        .await?;
+    let target = node.path(&format!("pods/{tag}/mount"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.to_str().unwrap().into(),
+            target_path: target.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            secrets: ceph.secrets(),
+            ..Default::default()
+        })
+        .await?;
+    Ok(Mounted {
+        id: id.into(),
+        staging,
+        target,
+        cap: cap.clone(),
+    })
+}
+
+/// NodeUnpublish + NodeUnstage on `node`.
+pub async fn unmount_on(node: &Plugin, m: &Mounted) {
+    let mut c = node.clients().await;
+    c.node
+        .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: m.id.clone(),
+            target_path: m.target.to_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
+    c.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: m.id.clone(),
+            staging_target_path: m.staging.to_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn unpublish(ceph: &Ceph, controller: &mut Clients, id: &str, node: &str) {
+    controller
+        .controller
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: node.into(),
+            secrets: ceph.secrets(),
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn delete(ceph: &Ceph, controller: &mut Clients, id: &str) {
+    controller
+        .controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            secrets: ceph.secrets(),
+        })
+        .await
+        .unwrap();
+}
+
+pub fn ext4() -> csi::VolumeCapability {
+    crate::common::mount_cap("ext4", Mode::SingleNodeWriter)
+}
