@@ -115,6 +115,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     let params = Params::parse(&req.parameters)?;
     let backend = d.pool_named(params.pool.as_deref())?;
     check_capabilities(backend.as_ref(), &req.capabilities)?;
+    backend.use_secrets(secrets)?;
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
         && !t.requisite.is_empty()
@@ -288,11 +289,12 @@ pub const LOCAL_NODE_KEY: &str = "localNode";
 pub fn publish_volume(
     d: &Driver,
     req: PublishRequest,
-    _secrets: &Secrets,
+    secrets: &Secrets,
 ) -> Result<BTreeMap<String, String>> {
     let id = VolumeId::parse_existing("volume_id", &req.volume_id)?;
     let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
     let backend = d.pool_of(&id)?;
+    backend.use_secrets(secrets)?;
     let owner = req.volume_context.get(LOCAL_NODE_KEY);
     if let Some(owner) = owner.filter(|o| backend.kind() == "local" && **o != d.node_id) {
         // A local volume of another node's pool (per-node provisioning): that
@@ -335,12 +337,13 @@ pub fn publish_volume(
     ]))
 }
 
-pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, _secrets: &Secrets) -> Result<()> {
+pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, secrets: &Secrets) -> Result<()> {
     // Unpublishing what is not there (an unknown or deleted volume, a node
     // that never had it) is success: the CO's goal state already holds.
     let Some((id, backend, _guard)) = claim_for_delete(d, "volume_id", raw_id)? else {
         return Ok(());
     };
+    backend.use_secrets(secrets)?;
     let Some(vol) = backend.get_volume(&id)? else {
         return Ok(());
     };
@@ -365,7 +368,11 @@ pub fn validate_capabilities(
     raw_id: &str,
     caps: &[Capability],
     params: &BTreeMap<String, String>,
+    secrets: &Secrets,
 ) -> Result<std::result::Result<(), String>> {
+    if let Ok(id) = VolumeId::parse_existing("volume_id", raw_id) {
+        d.pool_of(&id)?.use_secrets(secrets)?;
+    }
     let (_, backend, _) = existing_volume(d, "volume_id", raw_id)?;
     if caps.is_empty() {
         return Err(Error::InvalidArgument(
@@ -507,6 +514,9 @@ pub fn create_snapshot(
                 "parameters: unknown key {k:?}"
             )));
         }
+    }
+    if let Ok(b) = d.pool_of(&source) {
+        b.use_secrets(secrets)?;
     }
     // A name is unique across pools: the same name for another source is a conflict.
     for backend in d.pools.values() {

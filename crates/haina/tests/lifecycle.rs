@@ -232,3 +232,77 @@ async fn xfs_lifecycle_keeps_data() {
 async fn block_lifecycle_keeps_data() {
     lifecycle("block", 16 * MIB).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readonly_controller_publish_mounts_read_only() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let vol = c
+        .controller
+        .create_volume(create_req("ro", 16 * MIB, cap.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    // Format it once read-write, so that a read-only stage has a filesystem.
+    let mnt = mount_volume(&mut c, &server, &vol.volume_id, &cap, "rw").await;
+    write_synced(&mnt.join("f"), "kept");
+    unmount_volume(&mut c, &server, &vol.volume_id, "rw").await;
+    let ctx = c
+        .controller
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            node_id: server.node_id.clone(),
+            volume_capability: Some(cap.clone()),
+            readonly: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    assert_eq!(ctx.get("readonly").map(String::as_str), Some("true"));
+    let staging = server.path("ro-staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            publish_context: ctx,
+            staging_target_path: staging.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read_to_string(staging.join("f")).unwrap(), "kept");
+    let err = std::fs::write(staging.join("g"), b"x").unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(rustix::io::Errno::ROFS.raw_os_error())
+    );
+    c.node
+        .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            staging_target_path: staging.to_str().unwrap().into(),
+        })
+        .await
+        .unwrap();
+    c.controller
+        .controller_unpublish_volume(csi::ControllerUnpublishVolumeRequest {
+            volume_id: vol.volume_id.clone(),
+            node_id: server.node_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: vol.volume_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.assert_no_leaks();
+}

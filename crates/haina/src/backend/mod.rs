@@ -57,6 +57,13 @@ pub trait Backend: Send + Sync {
     /// Extra facts for logs and `explain` (e.g. the copy method).
     fn describe(&self) -> Vec<(String, String)>;
 
+    /// Makes the credentials a request carries available to the calls that
+    /// follow in it (lookups, publication records), even those whose CSI
+    /// request has no `secrets` field. A no-op for pools without credentials.
+    fn use_secrets(&self, _secrets: &Secrets) -> Result<()> {
+        Ok(())
+    }
+
     // ---- controller
     fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume>;
     fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()>;

@@ -580,6 +580,13 @@ impl Backend for RbdPool {
         ]
     }
 
+    fn use_secrets(&self, secrets: &Secrets) -> Result<()> {
+        if secrets.0.is_empty() {
+            return Ok(());
+        }
+        self.conns.get(secrets).map(drop)
+    }
+
     fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume> {
         self.own(&spec.id)?;
         let c = self.conns.get(secrets)?;

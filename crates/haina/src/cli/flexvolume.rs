@@ -406,6 +406,8 @@ fn mount(d: &Driver, dir: &Path, o: &Options) -> Result<()> {
         staging: &staging,
         capability: &cap,
         context: &context,
+        // Read-only pods get a read-only bind; the shared staging stays writable.
+        readonly: false,
     };
     let undo = |e: Error| match unstage_if_unused(d, backend.as_ref(), id) {
         Ok(_) => e,

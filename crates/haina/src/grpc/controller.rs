@@ -161,7 +161,13 @@ impl Controller for ControllerService {
             let caps = capabilities("volume_capabilities", &r.volume_capabilities)?;
             let params = sorted(r.parameters.clone());
             Ok(
-                match ops::validate_capabilities(&d, &r.volume_id, &caps, &params)? {
+                match ops::validate_capabilities(
+                    &d,
+                    &r.volume_id,
+                    &caps,
+                    &params,
+                    &secrets(r.secrets.clone()),
+                )? {
                     Ok(()) => csi::ValidateVolumeCapabilitiesResponse {
                         confirmed: Some(csi::validate_volume_capabilities_response::Confirmed {
                             volume_context: r.volume_context,

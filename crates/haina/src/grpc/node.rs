@@ -83,6 +83,10 @@ impl Node for NodeService {
                 staging: &staging,
                 capability: &cap,
                 context: &context,
+                readonly: r
+                    .publish_context
+                    .get("readonly")
+                    .is_some_and(|v| v == "true"),
             };
             ops::stage(&d, backend.as_ref(), &req, &secrets(r.secrets))?;
             Ok(csi::NodeStageVolumeResponse {})

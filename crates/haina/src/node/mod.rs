@@ -185,6 +185,9 @@ pub struct StageRequest<'a> {
     pub staging: &'a Path,
     pub capability: &'a Capability,
     pub context: &'a BTreeMap<String, String>,
+    /// ControllerPublishVolume published the volume read-only (its
+    /// `publish_context` says so): the filesystem is mounted read-only too.
+    pub readonly: bool,
 }
 
 pub fn stage(
@@ -257,7 +260,8 @@ fn mount_staging(
                 .map(String::from),
         );
     }
-    if req.capability.mode.is_read_only() {
+    let writable = !req.capability.mode.is_read_only() && !req.readonly;
+    if !writable {
         opts.push("ro".into());
     }
     if fs == FsType::Xfs {
@@ -265,7 +269,6 @@ fn mount_staging(
         opts.push("nouuid".into());
     }
     let (flags, data) = mount::parse_mount_options(&opts);
-    let writable = !req.capability.mode.is_read_only();
     if writable && fs == FsType::Ext4 {
         grow_if_needed(&att.device, req.staging, fs, false)?;
     }
