@@ -6,7 +6,6 @@ mod common;
 #[path = "common/rbd.rs"]
 mod rbd;
 
-use common::*;
 use haina_csi::v1 as csi;
 use rbd::*;
 
