@@ -16,7 +16,12 @@
 //! | [`volume`] | shared domain types: capabilities, records, capacity rules |
 //! | [`config`] | the pool config file |
 //! | [`server`] | the gRPC server on a bound listener with a shutdown future |
+//! | [`metrics`], [`health`] | Prometheus metrics, `/healthz`, and the readiness Probe answers from |
+//! | [`failpoint`] | named failure points (`HAINA_FAILPOINTS`) for crash and error-path tests |
+//! | [`cli`] | `ctl`, `demo`, `explain`, `flexvolume`, `bench`, and the `rbd-fuse` server |
 //! | `haina_sys` (crate) | loop devices, mountinfo, mount, mkfs/blkid/resize, subprocesses |
+//! | `haina_rbd` (crate) | librados/librbd, loaded at run time |
+//! | `haina_csi` (crate) | the CSI v1.12 wire types and unix-socket endpoints |
 //!
 //! Error policy: one [`error::Error`] with a variant per CSI outcome a CO acts
 //! on, converted to a gRPC status in exactly one place.
