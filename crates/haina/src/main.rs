@@ -157,6 +157,11 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     }
     haina::server::serve(driver, incoming, shutdown_signal()).await?;
     let _ = std::fs::remove_file(endpoint.path());
+    // Deleted RBD images still being purged in the background.
+    let _ = tokio::task::spawn_blocking(|| {
+        haina::backend::rbd::wait_for_purges(std::time::Duration::from_secs(10))
+    })
+    .await;
     tracing::info!("stopped");
     Ok(())
 }

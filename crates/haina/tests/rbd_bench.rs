@@ -146,9 +146,13 @@ async fn rbd_bench_csi_and_io() {
     let rounds = env_or("HAINA_BENCH_ROUNDS", 30);
     let secs = env_or("HAINA_BENCH_SECONDS", 10);
 
-    // ---- CreateVolume / DeleteVolume through CSI
+    // ---- CreateVolume / DeleteVolume through CSI: a burst of creates,
+    // then a burst of deletes (as a provisioner sees them). Deletes move
+    // images to the RBD trash and purge them in the background; that work
+    // overlaps the following deletes and is part of what they measure.
     let (mut creates, mut deletes) = (Vec::new(), Vec::new());
     let cap = block_cap(Mode::SingleNodeWriter);
+    let mut ids = Vec::new();
     for i in 0..rounds {
         let name = plugin.unique(&format!("bench-cd{i}"));
         let t = Instant::now();
@@ -162,6 +166,9 @@ async fn rbd_bench_csi_and_io() {
             .unwrap()
             .volume_id;
         creates.push(t.elapsed());
+        ids.push(id);
+    }
+    for id in ids {
         let t = Instant::now();
         delete(&ceph, &mut c, &id).await;
         deletes.push(t.elapsed());

@@ -108,6 +108,22 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         remove.push(t3 - t2);
         both.push((t1 - t0) + (t3 - t2));
     }
+    // The trash path: moving to the trash is what a delete must wait for;
+    // the purge can run in the background.
+    let (mut trash_mv, mut purge) = (vec![], vec![]);
+    for i in 0..rounds {
+        let name = format!("bench-trash-{tag}-{i}");
+        io.create_image(&name, size, features)?;
+        let id = io.open(&name)?.id()?;
+        let t0 = Instant::now();
+        io.trash_move(&name)?;
+        let t1 = Instant::now();
+        io.trash_remove(&id)?;
+        trash_mv.push(t1 - t0);
+        purge.push(t1.elapsed());
+    }
+    println!("{}", Stats(trash_mv).line("haina-rbd trash move"));
+    println!("{}", Stats(purge).line("haina-rbd trash purge"));
     let lib = Stats(both);
     println!("{}", Stats(create).line("haina-rbd create"));
     println!("{}", Stats(remove).line("haina-rbd remove"));

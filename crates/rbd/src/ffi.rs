@@ -60,6 +60,17 @@ pub(crate) struct RbdImageSpec {
     pub name: *mut c_char,
 }
 
+/// `rbd_trash_image_info_t`.
+#[repr(C)]
+pub(crate) struct RbdTrashImageInfo {
+    pub id: *mut c_char,
+    pub name: *mut c_char,
+    /// `rbd_trash_image_source_t` (a C enum).
+    pub source: c_int,
+    pub deletion_time: i64,
+    pub deferment_end_time: i64,
+}
+
 /// `rbd_linked_image_spec_t`.
 #[repr(C)]
 pub(crate) struct RbdLinkedImageSpec {
@@ -206,6 +217,10 @@ fn_table! {
             c_opts: RbdImageOptionsT,
         ) -> c_int;
         fn rbd_remove(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_trash_move(io: RadosIoctxT, name: *const c_char, delay: u64) -> c_int;
+        fn rbd_trash_remove(io: RadosIoctxT, id: *const c_char, force: bool) -> c_int;
+        fn rbd_trash_list(io: RadosIoctxT, entries: *mut RbdTrashImageInfo, num_entries: *mut usize) -> c_int;
+        fn rbd_trash_list_cleanup(entries: *mut RbdTrashImageInfo, num_entries: usize);
         fn rbd_list2(io: RadosIoctxT, images: *mut RbdImageSpec, max_images: *mut usize) -> c_int;
         fn rbd_image_spec_list_cleanup(images: *mut RbdImageSpec, num_images: usize);
         fn rbd_open(io: RadosIoctxT, name: *const c_char, image: *mut RbdImageT, snap_name: *const c_char) -> c_int;

@@ -10,7 +10,10 @@ use std::sync::Arc;
 
 use crate::cluster::{ClusterInner, cstring};
 use crate::error::{ERANGE, Result, check};
-use crate::ffi::{self, RadosIoctxT, RbdImageOptionsT, RbdImageSpec};
+use crate::ffi::{self, RadosIoctxT, RbdImageOptionsT, RbdImageSpec, RbdTrashImageInfo};
+
+/// `RBD_TRASH_IMAGE_SOURCE_USER`.
+const RBD_TRASH_IMAGE_SOURCE_USER: std::ffi::c_int = 0;
 use crate::image::Image;
 
 /// RBD image feature bits (`RBD_FEATURE_*`).
@@ -319,6 +322,61 @@ impl IoCtx {
         // SAFETY: valid ioctx and name.
         let rc = unsafe { (self.api().rbd.rbd_remove)(self.handle(), c_name.as_ptr()) };
         check(rc, OP, || self.spec(name)).map(|_| ())
+    }
+
+    /// Moves an image to the pool's trash: its name is free at once, and
+    /// its data stays until [`trash_remove`](Self::trash_remove). Much
+    /// cheaper than [`remove_image`](Self::remove_image), which trashes and
+    /// then deletes every object before it returns.
+    pub fn trash_move(&self, name: &str) -> Result<()> {
+        const OP: &str = "rbd_trash_move";
+        let c_name = cstring(OP, "image name", name)?;
+        // SAFETY: valid ioctx and name.
+        let rc = unsafe { (self.api().rbd.rbd_trash_move)(self.handle(), c_name.as_ptr(), 0) };
+        check(rc, OP, || self.spec(name)).map(|_| ())
+    }
+
+    /// Deletes a trashed image by its ID (see [`Image::id`](crate::Image::id)).
+    pub fn trash_remove(&self, id: &str) -> Result<()> {
+        const OP: &str = "rbd_trash_remove";
+        let c_id = cstring(OP, "image id", id)?;
+        // SAFETY: valid ioctx and id.
+        let rc = unsafe { (self.api().rbd.rbd_trash_remove)(self.handle(), c_id.as_ptr(), false) };
+        check(rc, OP, || format!("{}@trash:{id}", self.inner.pool)).map(|_| ())
+    }
+
+    /// The images in the pool's trash that a user moved there (as
+    /// [`trash_move`](Self::trash_move) does, not librbd's own bookkeeping):
+    /// `(id, name, deletion time in seconds since the epoch)`.
+    pub fn trash_list(&self) -> Result<Vec<(String, String, i64)>> {
+        const OP: &str = "rbd_trash_list";
+        let api = self.api();
+        let mut cap = 64usize;
+        loop {
+            let mut buf: Vec<RbdTrashImageInfo> = Vec::with_capacity(cap);
+            let mut n = cap;
+            // SAFETY: `buf` has room for `n` entries; librbd fills up to `n`.
+            let rc = unsafe { (api.rbd.rbd_trash_list)(self.handle(), buf.as_mut_ptr(), &mut n) };
+            if rc == -ERANGE {
+                cap = n.max(cap * 2);
+                continue;
+            }
+            check(rc, OP, || format!("pool {}", self.inner.pool))?;
+            // SAFETY: librbd initialised the first `n` entries.
+            unsafe { buf.set_len(n) };
+            let out = buf
+                .iter()
+                .filter(|e| e.source == RBD_TRASH_IMAGE_SOURCE_USER)
+                .map(|e| {
+                    // SAFETY: librbd-allocated C strings (or null).
+                    let (id, name) = unsafe { (opt_cstr(e.id), opt_cstr(e.name)) };
+                    (id, name, e.deletion_time)
+                })
+                .collect();
+            // SAFETY: frees the strings librbd allocated in those entries.
+            unsafe { (api.rbd.rbd_trash_list_cleanup)(buf.as_mut_ptr(), n) };
+            return Ok(out);
+        }
     }
 
     /// Names of the images in the pool (not in the trash).

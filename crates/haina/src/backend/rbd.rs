@@ -414,6 +414,32 @@ impl RbdPool {
         self.volume_of(&spec.id, image, &meta, size.max(spec.capacity))
     }
 
+    /// Moves a plain image to the trash and purges it on a background
+    /// thread. A purge that a crash interrupts leaves the image in the RBD
+    /// trash (named, so `rbd trash ls` shows it), where the next purge of
+    /// this pool finds it.
+    fn trash_and_purge(&self, c: &Conn, image: &str, image_id: String) -> Result<()> {
+        match c.io.trash_move(image) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) if e.is_busy() => {
+                return Err(Error::FailedPrecondition(format!(
+                    "image {}/{image} is still open by a client: {e}",
+                    self.rados_pool()
+                )));
+            }
+            Err(e) => return self.ck(c, || format!("moving {image} to the trash"), Err(e)),
+        }
+        tracing::info!(image, id = %image_id, "moved image to the trash; purging in the background");
+        let io = c.io.clone();
+        let image = image.to_string();
+        let handle = std::thread::spawn(move || purge_trash(&io, &image, &image_id));
+        let mut purges = PURGES.lock().unwrap_or_else(|p| p.into_inner());
+        purges.retain(|h| !h.is_finished());
+        purges.push(handle);
+        Ok(())
+    }
+
     /// Removes an image of `kind`, or (if clones still depend on it) marks it
     /// deleted; then collects garbage up its parent chain.
     fn remove_or_hide(&self, c: &Conn, image: &str, parent: Option<ParentInfo>) -> Result<()> {
@@ -533,6 +559,60 @@ impl RbdPool {
     }
 }
 
+/// Background purges still running (so that shutdown can wait for them).
+static PURGES: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits (at most `limit`) for background trash purges to finish; called
+/// on graceful shutdown so a stopping plugin leaves no trash behind.
+pub fn wait_for_purges(limit: std::time::Duration) {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let mut purges = PURGES.lock().unwrap_or_else(|p| p.into_inner());
+        purges.retain(|h| !h.is_finished());
+        if purges.is_empty() || std::time::Instant::now() > deadline {
+            return;
+        }
+        drop(purges);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Deletes a trashed image's objects; retried a few times, since a client
+/// that just closed it may still hold a watch for a moment. Then sweeps
+/// haina's images that an earlier purge left in the trash (a crash, or a
+/// purge that gave up) once they have been there a minute.
+fn purge_trash(io: &haina_rbd::IoCtx, image: &str, image_id: &str) {
+    purge_one(io, image, image_id, 5);
+    let now = now_secs() as i64;
+    match io.trash_list() {
+        Ok(entries) => {
+            for (id, name, deleted) in entries {
+                if meta::parse_image_name(&name).is_some() && now - deleted > 60 {
+                    purge_one(io, &name, &id, 1);
+                }
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "listing the RBD trash failed"),
+    }
+}
+
+fn purge_one(io: &haina_rbd::IoCtx, image: &str, image_id: &str, attempts: u64) {
+    for attempt in 1..=attempts {
+        match io.trash_remove(image_id) {
+            Ok(()) => {
+                tracing::info!(image, id = image_id, "purged image from the trash");
+                return;
+            }
+            Err(e) if e.is_not_found() => return,
+            Err(e) => {
+                tracing::warn!(image, id = image_id, attempt, error = %e, "purging from the trash failed");
+                std::thread::sleep(std::time::Duration::from_secs(attempt));
+            }
+        }
+    }
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
     serde_json::to_string(v).map_err(|e| Error::internal("encoding metadata", e))
 }
@@ -646,8 +726,19 @@ impl Backend for RbdPool {
                 Err(e) => self.ck(&c, || format!("removing {image}@{}", s.name), Err(e))?,
             }
         }
+        // A plain volume (no parent, and no snapshot left in any namespace,
+        // so no clone depends on it) goes to the RBD trash, which frees its
+        // name at once; the purge of its objects runs in the background.
+        let plain = parent.is_none()
+            && self
+                .ck(&c, || format!("snapshots of {image}"), img.snap_list())?
+                .is_empty();
+        let image_id = self.ck(&c, || format!("id of {image}"), img.id())?;
         drop(img);
         crate::failpoint::hit("rbd-delete-between")?;
+        if plain {
+            return self.trash_and_purge(&c, &image, image_id);
+        }
         self.remove_or_hide(&c, &image, parent)
     }
 
