@@ -13,12 +13,8 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS builder
 
-# Ceph's client libraries, for the RBD pools. (The CSI protobufs compile with
-# protox, so no protoc is needed.)
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends librbd-dev librados-dev \
-    && rm -rf /var/lib/apt/lists/*
-
+# Nothing beyond the Rust toolchain: the CSI protobufs compile with protox
+# (no protoc), and librados/librbd are loaded at run time (no -dev packages).
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY crates ./crates
