@@ -151,6 +151,35 @@ async fn lifecycle(fs: &str, size: i64) {
     );
     assert_eq!(stats.usage.len(), if block { 1 } else { 2 });
     assert!(!stats.volume_condition.unwrap().abnormal);
+    if !block {
+        // The mount vanishes under the CO's feet: the condition says so,
+        // and a repeated publish repairs it.
+        rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH).unwrap();
+        let stats = c
+            .node
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: target.to_str().unwrap().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let cond = stats.volume_condition.unwrap();
+        assert!(
+            cond.abnormal && cond.message.contains("not a mount point"),
+            "{cond:?}"
+        );
+        c.node
+            .node_publish_volume(publish_node(&target))
+            .await
+            .unwrap();
+        assert!(
+            std::fs::read_to_string(target.join("data.txt"))
+                .unwrap()
+                .starts_with("written through")
+        );
+    }
 
     // Tear down, twice each: idempotent; the target is removed.
     for _ in 0..2 {
