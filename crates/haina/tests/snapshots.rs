@@ -610,3 +610,60 @@ async fn ext4_grows_at_stage_and_block_volumes_need_no_node_step() {
     delete(&mut c, &b.volume_id).await;
     server.assert_no_leaks();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_of_a_mounted_volume_includes_unsynced_writes() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let v = c
+        .controller
+        .create_volume(create_req("dirty", 32 * MIB, cap.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let mnt = mount_volume(&mut c, &server, &v.volume_id, &cap, "d").await;
+    // Written, not fsync'ed: only in the page cache. The freeze around the
+    // copy flushes it, so the snapshot is filesystem-consistent.
+    std::fs::write(mnt.join("unsynced"), "in the page cache only").unwrap();
+    let snap = c
+        .controller
+        .create_snapshot(snapshot_req("dirty-snap", &v.volume_id))
+        .await
+        .unwrap()
+        .into_inner()
+        .snapshot
+        .unwrap();
+    let r = c
+        .controller
+        .create_volume(from_snapshot(
+            "dirty-restore",
+            0,
+            cap.clone(),
+            &snap.snapshot_id,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let rmnt = mount_volume(&mut c, &server, &r.volume_id, &cap, "r").await;
+    assert_eq!(
+        std::fs::read_to_string(rmnt.join("unsynced")).unwrap(),
+        "in the page cache only"
+    );
+    for (id, tag) in [(&r.volume_id, "r"), (&v.volume_id, "d")] {
+        unmount_volume(&mut c, &server, id, tag).await;
+        delete(&mut c, id).await;
+    }
+    c.controller
+        .delete_snapshot(csi::DeleteSnapshotRequest {
+            snapshot_id: snap.snapshot_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.assert_no_leaks();
+}

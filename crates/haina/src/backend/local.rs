@@ -26,7 +26,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use haina_sys::loopdev::{self, AttachOptions};
-use haina_sys::mountinfo::MountTable;
 
 use super::copy::{self, CopyMethod};
 use super::{Attachment, Backend, CreateSpec};
@@ -141,14 +140,12 @@ impl LocalPool {
     fn build_image(&self, dst: &Path, src: Option<&Path>, len: u64) -> Result<()> {
         let tmp = dst.with_extension("img.tmp");
         if let Some(src) = src {
-            // A mounted source is frozen so the copy is filesystem-consistent;
-            // the guard thaws it on every path out of this block, errors included.
-            let mounts = self.mounted_at(src)?;
-            let _frozen = match mounts.first() {
-                Some(mp) => Some(
-                    haina_sys::fs::FreezeGuard::freeze(mp)
-                        .map_err(|e| Error::internal(format!("freezing {}", mp.display()), e))?,
-                ),
+            // A mounted source is frozen so the copy is filesystem-consistent.
+            let _frozen = match loopdev::find_by_backing_file(src)
+                .map_err(|e| Error::internal("looking up loop devices", e))?
+                .first()
+            {
+                Some(dev) => crate::node::freeze_if_mounted(&dev.path())?,
                 None => None,
             };
             copy::copy_file(src, &tmp, self.copy).map_err(|e| {
@@ -202,29 +199,6 @@ impl LocalPool {
             return Err(Error::NotFound(format!("{field} {raw} does not exist")));
         }
         Ok(path)
-    }
-
-    /// The mount points of the filesystem on `image`'s loop device, if mounted here.
-    fn mounted_at(&self, image: &Path) -> Result<Vec<PathBuf>> {
-        let devs = loopdev::find_by_backing_file(image)
-            .map_err(|e| Error::internal("looking up loop devices", e))?;
-        if devs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let table = MountTable::read().map_err(|e| Error::internal("reading mountinfo", e))?;
-        let mut points = Vec::new();
-        for dev in devs {
-            let (major, minor) = dev
-                .dev_t()
-                .map_err(|e| Error::internal("reading loop dev_t", e))?;
-            points.extend(
-                table
-                    .mounts_of_dev(major, minor)
-                    .into_iter()
-                    .map(|m| m.mount_point.clone()),
-            );
-        }
-        Ok(points)
     }
 }
 

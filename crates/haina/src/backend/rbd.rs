@@ -360,6 +360,7 @@ impl RbdPool {
                 // finds it; once the clone exists it is not needed.
                 if self.try_open_ro(c, child)?.is_none() {
                     let img = self.open_rw(c, &image)?;
+                    let _frozen = self.freeze_if_mounted_here(&id)?;
                     self.ensure_snap(c, &img, child)?;
                 }
                 Ok((image, child.to_string()))
@@ -542,6 +543,17 @@ impl RbdPool {
 
     /// A krbd or rbd-nbd mapping of this volume (any generation of its
     /// image), found from the kernel alone.
+    /// When the volume is attached and mounted on this node (controller and
+    /// node plugin together), freezes its filesystem for the duration of a
+    /// snapshot, so the snapshot is filesystem-consistent, not only
+    /// crash-consistent.
+    fn freeze_if_mounted_here(&self, id: &VolumeId) -> Result<Option<haina_sys::fs::FreezeGuard>> {
+        match self.attachment(id)? {
+            Some(a) => crate::node::freeze_if_mounted(&a.device),
+            None => Ok(None),
+        }
+    }
+
     fn kernel_attachment(&self, id: &VolumeId) -> Option<Attachment> {
         let pool = self.rados_pool();
         let mut found = Vec::new();
@@ -934,7 +946,10 @@ impl Backend for RbdPool {
             Some(size) => size,
             None => {
                 let s = self.open_rw(&c, &src)?;
-                self.ensure_snap(&c, &s, &image)?;
+                {
+                    let _frozen = self.freeze_if_mounted_here(source)?;
+                    self.ensure_snap(&c, &s, &image)?;
+                }
                 let snaps = self.ck(&c, || format!("snapshots of {src}"), s.snap_list())?;
                 let size = snaps
                     .iter()

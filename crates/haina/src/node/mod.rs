@@ -169,6 +169,20 @@ pub fn users_of(
         .collect()
 }
 
+/// Freezes the filesystem on `device` if it is mounted on this node, so
+/// that a snapshot or copy taken now is filesystem-consistent. The guard
+/// thaws it when dropped, on every path, errors included.
+pub fn freeze_if_mounted(device: &Path) -> Result<Option<haina_sys::fs::FreezeGuard>> {
+    let (major, minor) = dev_numbers(device)?;
+    let table = read_table()?;
+    let Some(mount) = table.mounts_of_dev(major, minor).into_iter().next() else {
+        return Ok(None);
+    };
+    haina_sys::fs::FreezeGuard::freeze(&mount.mount_point)
+        .map(Some)
+        .map_err(|e| Error::internal(format!("freezing {}", mount.mount_point.display()), e))
+}
+
 fn formatting_marker(d: &Driver, id: &VolumeId) -> PathBuf {
     d.data_dir
         .join("node")
