@@ -153,6 +153,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     };
     let capacity = size_for_range(required, limit, minimum)?;
     let mut context = params.context(backend.name().as_str());
+    context.extend(backend.context());
     if let Some(node) = backend
         .topology()
         .and_then(|t| t.get(TOPOLOGY_NODE_KEY).cloned())

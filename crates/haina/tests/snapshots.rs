@@ -84,6 +84,10 @@ async fn snapshot_restore_and_clone_on_a_sparse_copy_pool() {
         .into_inner()
         .volume
         .unwrap();
+    assert_eq!(
+        src.volume_context.get("copyMethod").map(String::as_str),
+        Some("sparse")
+    );
     let mnt = mount_volume(&mut c, &server, &src.volume_id, &cap, "src").await;
     write_synced(&mnt.join("before"), "before the snapshot");
 
@@ -353,6 +357,10 @@ async fn reflink_pool_clones_in_constant_space_and_xfs_clones_mount_beside_their
         .into_inner()
         .volume
         .unwrap();
+    assert_eq!(
+        src.volume_context.get("copyMethod").map(String::as_str),
+        Some("reflink")
+    );
     let mnt = mount_volume(&mut c, &server, &src.volume_id, &cap, "xsrc").await;
     // 256 MiB of real data, so a full copy would be obvious.
     let chunk = vec![0x5au8; 1 << 20];

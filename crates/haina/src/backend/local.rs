@@ -232,6 +232,10 @@ impl Backend for LocalPool {
             .map_err(|e| io_err("pool directory is not writable:", &probe, e.into()))
     }
 
+    fn context(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([("copyMethod".to_string(), self.copy.as_str().to_string())])
+    }
+
     fn describe(&self) -> Vec<(String, String)> {
         vec![
             ("path".into(), self.root.display().to_string()),

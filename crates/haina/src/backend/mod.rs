@@ -54,6 +54,11 @@ pub trait Backend: Send + Sync {
     fn check_capability(&self, cap: &Capability) -> Result<()>;
     /// Is the pool usable right now? (Probe and /healthz.)
     fn health(&self) -> Result<()>;
+    /// Facts about the pool added to every new volume's `volume_context`
+    /// (so they show in the PV), e.g. a local pool's copy method.
+    fn context(&self) -> std::collections::BTreeMap<String, String> {
+        Default::default()
+    }
     /// Extra facts for logs and `explain` (e.g. the copy method).
     fn describe(&self) -> Vec<(String, String)>;
 
