@@ -114,6 +114,22 @@ async fn rbd_node_plugin_restart_keeps_io_flowing() {
         assert!(got == expected(i), "file f{i} is corrupt");
     }
 
+    // The restarted plugin has no Ceph connection (stats carry no secrets),
+    // yet reports the volume healthy from the kernel's view.
+    let mut nc = node.clients().await;
+    let stats = nc
+        .node
+        .node_get_volume_stats(haina_csi::v1::NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: m.target.to_str().unwrap().into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!stats.volume_condition.unwrap().abnormal);
+    assert!(stats.usage[0].total > 0);
+
     // The restarted plugin re-adopts the attachment and tears it down.
     unmount_on(&node, &m).await;
     assert!(

@@ -43,6 +43,16 @@ fn claim<'d>(
     Ok((id, backend, guard))
 }
 
+/// `NOT_FOUND` unless the volume is attached on this node or its pool knows
+/// it. The kernel is asked first: a node plugin may hold no credentials to
+/// look an RBD image up (the CO sends none with these calls).
+fn known_here(backend: &dyn crate::backend::Backend, id: &VolumeId) -> Result<()> {
+    if backend.attachment(id)?.is_some() || backend.get_volume(id)?.is_some() {
+        return Ok(());
+    }
+    Err(Error::NotFound(format!("volume_id {id} does not exist")))
+}
+
 /// A path the CO says holds the volume: required, and `NOT_FOUND` unless it
 /// is an absolute path that exists (the spec's answer for a wrong path).
 fn existing_path(field: &str, raw: &str) -> Result<std::path::PathBuf> {
@@ -172,9 +182,7 @@ impl Node for NodeService {
             let path = existing_path("volume_path", &r.volume_path)?;
             let id = VolumeId::parse_existing("volume_id", &r.volume_id)?;
             let backend = d.pool_of(&id)?;
-            if backend.get_volume(&id)?.is_none() {
-                return Err(Error::NotFound(format!("volume_id {id} does not exist")));
-            }
+            known_here(backend.as_ref(), &id)?;
             let s = ops::stats(backend.as_ref(), &id, &path)?;
             let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
                 available: available as i64,
@@ -211,9 +219,7 @@ impl Node for NodeService {
                 .map(|c| capability("volume_capability", Some(c)))
                 .transpose()?;
             let (id, backend, _guard) = claim(&d, &r.volume_id)?;
-            if backend.get_volume(&id)?.is_none() {
-                return Err(Error::NotFound(format!("volume_id {id} does not exist")));
-            }
+            known_here(backend.as_ref(), &id)?;
             let block = cap.as_ref().is_some_and(|c| c.is_block())
                 || path.metadata().is_ok_and(|m| !m.is_dir());
             let size = ops::expand(backend.as_ref(), &id, &path, block)?;
