@@ -47,7 +47,7 @@ use super::{Attachment, Backend, CreateSpec};
 use crate::attach::{self, Mounter, OpenMode, Target};
 use crate::config::RbdConfig;
 use crate::error::{Error, Result};
-use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::ids::{ObjectId, PoolName, SnapshotId, VolumeId};
 use crate::volume::{
     AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
     Volume,
@@ -543,6 +543,35 @@ impl RbdPool {
 
     /// A krbd or rbd-nbd mapping of this volume (any generation of its
     /// image), found from the kernel alone.
+    /// Every complete image of `kind` in the pool (interrupted creates and
+    /// hidden parents left out): its ID, image name, open image and metadata.
+    fn complete_images(
+        &self,
+        c: &Conn,
+        kind: Kind,
+    ) -> Result<Vec<(ObjectId, String, Image, Meta)>> {
+        let names = self.ck(c, || "listing images".into(), c.io.list_images())?;
+        let mut out = Vec::new();
+        for name in names {
+            let Some((k, object, _)) = meta::parse_image_name(&name) else {
+                continue;
+            };
+            if k != kind {
+                continue;
+            }
+            let Some(img) = self.try_open_ro(c, &name)? else {
+                continue;
+            };
+            let meta = self.read_meta(c, &img)?;
+            if !meta.is_complete(&name) {
+                continue;
+            }
+            let id = ObjectId::parse_existing("image", &format!("{}.{object}", self.name))?;
+            out.push((id, name, img, meta));
+        }
+        Ok(out)
+    }
+
     /// When the volume is attached and mounted on this node (controller and
     /// node plugin together), freezes its filesystem for the duration of a
     /// snapshot, so the snapshot is filesystem-consistent, not only
@@ -772,20 +801,8 @@ impl Backend for RbdPool {
             tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no volumes");
             return Ok(Vec::new());
         };
-        let names = self.ck(&c, || "listing images".into(), c.io.list_images())?;
         let mut out = Vec::new();
-        for name in names {
-            let Some((Kind::Volume, object, _)) = meta::parse_image_name(&name) else {
-                continue;
-            };
-            let Some(img) = self.try_open_ro(&c, &name)? else {
-                continue;
-            };
-            let meta = self.read_meta(&c, &img)?;
-            if !meta.is_complete(&name) {
-                continue;
-            }
-            let id = VolumeId::parse_existing("volume", &format!("{}.{object}", self.name))?;
+        for (id, name, img, meta) in self.complete_images(&c, Kind::Volume)? {
             let size = self.ck(&c, || format!("size of {name}"), img.size())?;
             out.push(self.volume_of(&id, &name, &meta, size)?);
         }
@@ -1021,20 +1038,8 @@ impl Backend for RbdPool {
             tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no snapshots");
             return Ok(Vec::new());
         };
-        let names = self.ck(&c, || "listing images".into(), c.io.list_images())?;
         let mut out = Vec::new();
-        for name in names {
-            let Some((Kind::Snapshot, object, _)) = meta::parse_image_name(&name) else {
-                continue;
-            };
-            let Some(img) = self.try_open_ro(&c, &name)? else {
-                continue;
-            };
-            let meta = self.read_meta(&c, &img)?;
-            if !meta.is_complete(&name) {
-                continue;
-            }
-            let id = SnapshotId::parse_existing("snapshot", &format!("{}.{object}", self.name))?;
+        for (id, name, _img, meta) in self.complete_images(&c, Kind::Snapshot)? {
             out.extend(meta.snapshot(&id, &name)?);
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
