@@ -43,12 +43,16 @@ fn claim<'d>(
     Ok((id, backend, guard))
 }
 
-/// `NOT_FOUND` unless the volume is attached on this node or its pool knows
-/// it. The kernel is asked first: a node plugin may hold no credentials to
+/// The volume's attachment on this node (looked up once per call), or
+/// `NOT_FOUND` unless its pool knows it. The kernel is asked first: a node plugin may hold no credentials to
 /// look an RBD image up (the CO sends none with these calls).
-fn known_here(backend: &dyn crate::backend::Backend, id: &VolumeId) -> Result<()> {
-    if backend.attachment(id)?.is_some() || backend.get_volume(id)?.is_some() {
-        return Ok(());
+fn known_here(
+    backend: &dyn crate::backend::Backend,
+    id: &VolumeId,
+) -> Result<Option<crate::backend::Attachment>> {
+    let att = backend.attachment(id)?;
+    if att.is_some() || backend.get_volume(id)?.is_some() {
+        return Ok(att);
     }
     Err(Error::NotFound(format!("volume_id {id} does not exist")))
 }
@@ -182,8 +186,8 @@ impl Node for NodeService {
             let path = existing_path("volume_path", &r.volume_path)?;
             let id = VolumeId::parse_existing("volume_id", &r.volume_id)?;
             let backend = d.pool_of(&id)?;
-            known_here(backend.as_ref(), &id)?;
-            let s = ops::stats(backend.as_ref(), &id, &path)?;
+            let att = known_here(backend.as_ref(), &id)?;
+            let s = ops::stats(&id, &path, att)?;
             let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
                 available: available as i64,
                 total: total as i64,
@@ -219,10 +223,10 @@ impl Node for NodeService {
                 .map(|c| capability("volume_capability", Some(c)))
                 .transpose()?;
             let (id, backend, _guard) = claim(&d, &r.volume_id)?;
-            known_here(backend.as_ref(), &id)?;
+            let att = known_here(backend.as_ref(), &id)?;
             let block = cap.as_ref().is_some_and(|c| c.is_block())
                 || path.metadata().is_ok_and(|m| !m.is_dir());
-            let size = ops::expand(backend.as_ref(), &id, &path, block)?;
+            let size = ops::expand(backend.as_ref(), &id, &path, block, att)?;
             Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: size as i64,
             })

@@ -584,14 +584,14 @@ pub struct Stats {
     pub abnormal: Option<String>,
 }
 
-pub fn stats(backend: &dyn Backend, id: &VolumeId, path: &Path) -> Result<Stats> {
+/// `att` is the volume's attachment on this node, as the caller found it.
+pub fn stats(id: &VolumeId, path: &Path, att: Option<Attachment>) -> Result<Stats> {
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
             Error::NotFound(format!("volume_path {} does not exist", path.display()))
         }
         _ => Error::internal(format!("stat {}", path.display()), e),
     })?;
-    let att = backend.attachment(id)?;
     let table = read_table()?;
     let Some(att) = att else {
         return Ok(Stats {
@@ -647,8 +647,9 @@ pub fn expand(
     id: &VolumeId,
     volume_path: &Path,
     block: bool,
+    att: Option<Attachment>,
 ) -> Result<u64> {
-    let att = backend.attachment(id)?.ok_or_else(|| {
+    let att = att.ok_or_else(|| {
         Error::FailedPrecondition(format!("volume {id} is not staged on this node"))
     })?;
     let size = backend.refresh_size(id)?;
