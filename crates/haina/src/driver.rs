@@ -72,6 +72,27 @@ impl Driver {
         })
     }
 
+    /// A node-side driver as `haina serve --services node` would build it,
+    /// for the tools that act on this node (`explain`, `flexvolume`).
+    pub fn for_node(
+        config: Option<&std::path::Path>,
+        node_id: Option<&str>,
+        data_dir: PathBuf,
+    ) -> Result<Self> {
+        let config = Config::load(config)?;
+        let node_id =
+            crate::ids::node_id("--node-id", &node_id.map_or_else(hostname, String::from))?;
+        Self::new(
+            &config,
+            node_id,
+            data_dir,
+            Services {
+                controller: false,
+                node: true,
+            },
+        )
+    }
+
     /// The pool an ID lives in; an unknown pool means the object does not exist.
     pub fn pool_of(&self, id: &ObjectId) -> Result<&SharedBackend> {
         self.pools.get(id.pool()).ok_or_else(|| {
@@ -101,4 +122,12 @@ impl Driver {
             ))
         })
     }
+}
+
+/// This machine's hostname: the default node ID.
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }

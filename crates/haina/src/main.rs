@@ -102,13 +102,6 @@ fn init_logs(format: LogFormat) {
     }
 }
 
-fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
@@ -126,7 +119,10 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         controller: args.services.contains(&ServiceKind::Controller),
         node: args.services.contains(&ServiceKind::Node),
     };
-    let node_id = haina::ids::node_id("--node-id", &args.node_id.unwrap_or_else(hostname))?;
+    let node_id = haina::ids::node_id(
+        "--node-id",
+        &args.node_id.unwrap_or_else(haina::driver::hostname),
+    )?;
     let mut driver = Driver::new(&config, node_id, args.data_dir, services)?;
     driver.max_volumes_per_node = args.max_volumes_per_node;
     let driver = Arc::new(driver);

@@ -31,10 +31,9 @@ use haina_sys::mountinfo::{MountEntry, MountTable};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
-use crate::driver::{DRIVER_NAME, Driver, Services};
+use crate::driver::{DRIVER_NAME, Driver};
 use crate::error::Error;
-use crate::ids::{self, Parsed, VolumeId};
+use crate::ids::{Parsed, VolumeId};
 use chain::{Backing, Device};
 
 #[derive(clap::Args, Debug)]
@@ -166,19 +165,11 @@ fn explain(args: &Args) -> Result<Report, Usage> {
             args.data_dir.display()
         )));
     }
-    let config = Config::load(args.config.as_deref())?;
-    let node_id = match &args.node_id {
-        Some(n) => ids::node_id("--node-id", n)?,
-        None => rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let services = Services {
-        controller: false,
-        node: true,
-    };
-    let driver = Driver::new(&config, node_id, args.data_dir.clone(), services)?;
+    let driver = Driver::for_node(
+        args.config.as_deref(),
+        args.node_id.as_deref(),
+        args.data_dir.clone(),
+    )?;
     let table = MountTable::read().map_err(|e| Usage(format!("reading mountinfo: {e}")))?;
     let ctx = Ctx {
         driver,

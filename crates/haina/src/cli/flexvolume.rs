@@ -42,8 +42,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::backend::Backend;
-use crate::config::Config;
-use crate::driver::{Driver, Services};
+use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ids::{self, VolumeId};
 use crate::node;
@@ -204,19 +203,11 @@ fn dispatch(args: &Args) -> Reply {
 }
 
 fn with_driver(args: &Args, f: impl FnOnce(&Driver) -> Result<()>) -> Result<()> {
-    let config = Config::load(args.config.as_deref())?;
-    let node_id = match &args.node_id {
-        Some(n) => ids::node_id("--node-id", n)?,
-        None => rustix::system::uname()
-            .nodename()
-            .to_string_lossy()
-            .into_owned(),
-    };
-    let services = Services {
-        controller: false,
-        node: true,
-    };
-    let d = Driver::new(&config, node_id, args.data_dir.clone(), services)?;
+    let d = Driver::for_node(
+        args.config.as_deref(),
+        args.node_id.as_deref(),
+        args.data_dir.clone(),
+    )?;
     f(&d)
 }
 
