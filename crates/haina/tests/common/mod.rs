@@ -111,28 +111,7 @@ impl Server {
             .spawn()
             .expect("spawning haina serve");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(ch) = Endpoint::parse(self.socket.to_str().unwrap())
-                .unwrap()
-                .connect()
-                .await
-            {
-                let mut id = IdentityClient::new(ch);
-                if id.probe(csi::ProbeRequest {}).await.is_ok() {
-                    return;
-                }
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("haina serve exited with {status}:\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not come up:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_serving(&self.socket, self.child.as_mut().unwrap(), &self.log).await;
     }
 
     pub fn logs(&self) -> String {
@@ -140,16 +119,7 @@ impl Server {
     }
 
     pub async fn clients(&self) -> Clients {
-        let ch = Endpoint::parse(self.socket.to_str().unwrap())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Clients {
-            identity: IdentityClient::new(ch.clone()),
-            controller: ControllerClient::new(ch.clone()),
-            node: NodeClient::new(ch),
-        }
+        connect_clients(&self.socket).await
     }
 
     /// `kill -9`: no cleanup of any kind.
@@ -216,20 +186,72 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
         // Best-effort cleanup so one failed test does not poison others.
-        let root = self.dir.path().to_path_buf();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
-            .filter(|p| p.starts_with(root.to_str().unwrap()))
-            .collect();
-        points.reverse();
-        for p in points {
-            let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+        force_cleanup(self.dir.path());
+    }
+}
+
+/// Waits until `haina serve` answers Probe on `socket`; panics with its
+/// log if it exits or takes more than 20 s.
+pub async fn wait_until_serving(socket: &Path, child: &mut Child, log: &Path) {
+    let logs = || std::fs::read_to_string(log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(ch) = Endpoint::parse(socket.to_str().unwrap())
+            .unwrap()
+            .connect()
+            .await
+            && IdentityClient::new(ch)
+                .probe(csi::ProbeRequest {})
+                .await
+                .is_ok()
+        {
+            return;
         }
-        for (dev, _) in loops_under(&root) {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("haina serve exited with {status}:\n{}", logs());
         }
+        assert!(
+            Instant::now() < deadline,
+            "server did not come up:\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Identity, Controller and Node clients on one channel to `socket`.
+pub async fn connect_clients(socket: &Path) -> Clients {
+    let ch = Endpoint::parse(socket.to_str().unwrap())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    Clients {
+        identity: IdentityClient::new(ch.clone()),
+        controller: ControllerClient::new(ch.clone()),
+        node: NodeClient::new(ch),
+    }
+}
+
+/// Mount points under `root`, deepest (most recent) first.
+pub fn mounts_under(root: &Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(String::from))
+        .filter(|p| p.starts_with(root.to_str().unwrap()))
+        .collect();
+    points.reverse();
+    points
+}
+
+/// Lazily unmounts everything under `root` and detaches its loop devices.
+pub fn force_cleanup(root: &Path) {
+    for p in mounts_under(root) {
+        let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
+    }
+    for (dev, _) in loops_under(root) {
+        let _ = Command::new("losetup").args(["-d", &dev]).status();
     }
 }
 

@@ -13,13 +13,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use haina_csi::endpoint::Endpoint;
 use haina_csi::v1 as csi;
-use haina_csi::v1::identity_client::IdentityClient;
 
-use crate::common::{Clients, Mode, loops_under};
+use crate::common::{
+    Clients, Mode, connect_clients, force_cleanup, loops_under, mounts_under, wait_until_serving,
+};
 
 pub const MIB: i64 = 1 << 20;
 
@@ -198,29 +197,7 @@ impl Plugin {
             .spawn()
             .expect("spawning haina serve");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(ch) = Endpoint::parse(self.socket.to_str().unwrap())
-                .unwrap()
-                .connect()
-                .await
-                && IdentityClient::new(ch)
-                    .probe(csi::ProbeRequest {})
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("haina serve exited with {status}:\n{}", self.logs());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not come up:\n{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_until_serving(&self.socket, self.child.as_mut().unwrap(), &self.log).await;
     }
 
     pub fn logs(&self) -> String {
@@ -228,18 +205,7 @@ impl Plugin {
     }
 
     pub async fn clients(&self) -> Clients {
-        use haina_csi::v1::controller_client::ControllerClient;
-        use haina_csi::v1::node_client::NodeClient;
-        let ch = Endpoint::parse(self.socket.to_str().unwrap())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Clients {
-            identity: IdentityClient::new(ch.clone()),
-            controller: ControllerClient::new(ch.clone()),
-            node: NodeClient::new(ch),
-        }
+        connect_clients(&self.socket).await
     }
 
     /// `kill -9` of the plugin alone (its FUSE servers live on).
@@ -289,26 +255,15 @@ impl Plugin {
 impl Drop for Plugin {
     fn drop(&mut self) {
         self.stop();
-        // Best effort, so one failed test does not poison the others.
+        // Best effort, so one failed test does not poison the others: the
+        // pod mounts and loop devices first, then the FUSE mounts under them.
         let root = self.dir.path().to_path_buf();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<String> = mounts
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4).map(String::from))
-            .filter(|p| p.starts_with(root.to_str().unwrap()))
-            .collect();
-        points.reverse();
-        for p in &points {
+        for p in mounts_under(&root) {
             if !p.ends_with("/image") && !p.contains("/rbd/") {
                 let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
             }
         }
-        for (dev, _) in loops_under(&root) {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
-        }
-        for p in points {
-            let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
-        }
+        force_cleanup(&root);
         for pid in fuse_servers_under(&root) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
