@@ -128,7 +128,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     }
 
     let id = VolumeId::for_name(backend.name(), &req.name);
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let _guard = d.limiter.volume(&id)?;
 
     let wants_xfs = params.fs_type == Some(FsType::Xfs)
         || req
@@ -218,7 +218,11 @@ fn claim_for_delete<'d>(
     let Ok(backend) = d.pool_of(&id) else {
         return Ok(None);
     };
-    let guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let guard = if field.starts_with("snapshot") {
+        d.limiter.snapshot(&id)?
+    } else {
+        d.limiter.volume(&id)?
+    };
     Ok(Some((id, backend, guard)))
 }
 
@@ -293,7 +297,7 @@ pub fn publish_volume(
     secrets: &Secrets,
 ) -> Result<BTreeMap<String, String>> {
     let id = VolumeId::parse_existing("volume_id", &req.volume_id)?;
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let _guard = d.limiter.volume(&id)?;
     let backend = d.pool_of(&id)?;
     backend.use_secrets(secrets)?;
     let owner = req.volume_context.get(LOCAL_NODE_KEY);
@@ -472,7 +476,7 @@ pub fn expand_volume(
     secrets: &Secrets,
 ) -> Result<(u64, bool)> {
     let id = VolumeId::parse_existing("volume_id", raw_id)?;
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
+    let _guard = d.limiter.volume(&id)?;
     let (_, backend, vol) = existing_volume(d, "volume_id", raw_id)?;
     if required <= 0 && limit <= 0 {
         return Err(Error::InvalidArgument("capacity_range is required".into()));
@@ -535,8 +539,8 @@ pub fn create_snapshot(
         .pool_of(&source)
         .map_err(|_| Error::NotFound(format!("source_volume_id {raw_source} does not exist")))?;
     let id = SnapshotId::for_name(source.pool(), name);
-    let _guard = d.limiter.try_lock(format!("controller/{id}"))?;
-    let _source_guard = d.limiter.try_lock(format!("controller/{source}"))?;
+    let _guard = d.limiter.snapshot(&id)?;
+    let _source_guard = d.limiter.volume(&source)?;
     backend.create_snapshot(&id, name, &source, secrets)
 }
 

@@ -27,7 +27,20 @@ pub struct Guard {
 }
 
 impl Limiter {
-    /// Claims `key` (e.g. `"node/default.pvc-1"`), or `ABORTED` if it is busy.
+    /// Claims a volume for one operation, controller- or node-side alike:
+    /// a DeleteVolume must never run beside a NodeStage of the same volume
+    /// (it would leave a loop device over a deleted image).
+    pub fn volume(&self, id: &crate::ids::VolumeId) -> Result<Guard> {
+        self.try_lock(format!("volume/{id}"))
+    }
+
+    /// Claims a snapshot. Snapshot keys never collide with volume keys, so
+    /// a snapshot named like its source volume does not abort itself.
+    pub fn snapshot(&self, id: &crate::ids::SnapshotId) -> Result<Guard> {
+        self.try_lock(format!("snapshot/{id}"))
+    }
+
+    /// Claims `key` (e.g. `"volume/default.pvc-1"`), or `ABORTED` if it is busy.
     pub fn try_lock(&self, key: impl Into<String>) -> Result<Guard> {
         let key = key.into();
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
@@ -64,6 +77,15 @@ mod tests {
         let _other = l.try_lock("v2").unwrap();
         drop(g);
         let _again = l.try_lock("v1").unwrap();
+    }
+
+    #[test]
+    fn volumes_and_snapshots_of_one_name_do_not_collide() {
+        let l = Limiter::default();
+        let id = crate::ids::VolumeId::parse_existing("id", "default.same").unwrap();
+        let _v = l.volume(&id).unwrap();
+        let _s = l.snapshot(&id).unwrap();
+        assert!(matches!(l.volume(&id), Err(Error::Aborted(_))));
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! path, device or command involved.
 //!
 //! Layout:
+//! - [`blockdev`]: what a block device is (loop backing file, krbd image), from sysfs.
+//! - [`deadline`]: deadlines for host calls that can stall (helper thread + registry).
 //! - [`exec`]: the one subprocess helper ([`exec::Cmd`]) with timeouts.
 //! - [`loopdev`]: loop devices via `/dev/loop-control` ioctls and sysfs.
 //! - [`mountinfo`]: parser for `/proc/self/mountinfo`.
 //! - [`mount`]: `mount(2)`/`umount2(2)` wrappers and mount-option parsing.
 //! - [`fs`]: probe (blkid), mkfs, grow, statvfs, freeze/thaw, device size.
 
+pub mod blockdev;
+pub mod deadline;
 pub mod exec;
 pub mod fs;
 mod ioctl;

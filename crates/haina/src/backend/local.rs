@@ -70,6 +70,9 @@ impl LocalPool {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| io_err("creating pool directory", &d, e))?;
         }
+        // Canonical, because the kernel shows loop backing files that way,
+        // and ownership checks compare the two as strings.
+        let root = fs::canonicalize(&root).map_err(|e| io_err("resolving", &root, e))?;
         let copy =
             CopyMethod::probe(&root).map_err(|e| io_err("probing reflink support in", &root, e))?;
         tracing::info!(pool = %name, root = %root.display(), copy = copy.as_str(), direct_io, "local pool ready");
@@ -459,6 +462,10 @@ impl Backend for LocalPool {
             backing: image.display().to_string(),
             newly_attached: false,
         }))
+    }
+
+    fn owns_device(&self, id: &VolumeId, dev: &haina_sys::blockdev::Device) -> bool {
+        self.own(id).is_ok() && dev.loop_backing() == Some(self.volume_image(id).as_path())
     }
 
     fn detach(&self, id: &VolumeId) -> Result<()> {

@@ -103,6 +103,26 @@ pub trait Backend: Send + Sync {
     /// The existing attachment, from the kernel's view, if any.
     fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>>;
     fn detach(&self, id: &VolumeId) -> Result<()>;
+    /// Whether the kernel's block device `dev` is this volume's attachment:
+    /// a loop device over its image (even one deleted behind the driver's
+    /// back), or its krbd/nbd mapping. Unmount and detach act only on
+    /// devices for which this holds. Must not touch the device's data path.
+    fn owns_device(&self, id: &VolumeId, dev: &haina_sys::blockdev::Device) -> bool;
+    /// The health of the volume's data path on this node: `None` when I/O
+    /// can flow, else what is wrong (a dead or stopped FUSE server, an image
+    /// deleted behind the driver's back). Bounded in time: a stalled data
+    /// path is reported, never waited on.
+    fn data_path_health(&self, _id: &VolumeId, _att: &Attachment) -> Option<String> {
+        None
+    }
+    /// Tears down an attachment whose data path is dead or stalled, without
+    /// waiting on it (e.g. aborting a FUSE connection so that stuck I/O
+    /// fails). Called by unstage only after a regular unstage stalled or the
+    /// data path was found dead; data not yet written is lost, which is why
+    /// it is never the first resort.
+    fn force_detach(&self, id: &VolumeId) -> Result<()> {
+        self.detach(id)
+    }
     /// Every volume of this pool attached on this node (for metrics and `explain`).
     fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {
         Ok(Vec::new())

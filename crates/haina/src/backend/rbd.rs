@@ -1089,6 +1089,28 @@ impl Backend for RbdPool {
         Ok(self.kernel_attachment(id))
     }
 
+    fn owns_device(&self, id: &VolumeId, dev: &haina_sys::blockdev::Device) -> bool {
+        use haina_sys::blockdev::Kind as K;
+        if self.own(id).is_err() {
+            return false;
+        }
+        match &dev.kind {
+            K::Loop { backing, .. } => {
+                backing.as_deref() == Some(self.fuse_paths(id).file.as_path())
+            }
+            K::Rbd { pool, image, .. } => {
+                pool == self.rados_pool()
+                    && meta::parse_image_name(image).is_some_and(|(kind, object, _)| {
+                        kind == Kind::Volume && object == id.object()
+                    })
+            }
+            K::Nbd => self
+                .kernel_attachment(id)
+                .is_some_and(|a| a.device == dev.path()),
+            K::Other => false,
+        }
+    }
+
     fn detach(&self, id: &VolumeId) -> Result<()> {
         self.own(id)?;
         attach::fuse::detach(&self.fuse_paths(id))?;

@@ -39,7 +39,7 @@ fn claim<'d>(
 )> {
     let id = VolumeId::parse_existing("volume_id", raw)?;
     let backend = d.pool_of(&id)?;
-    let guard = d.limiter.try_lock(format!("node/{id}"))?;
+    let guard = d.limiter.volume(&id)?;
     Ok((id, backend, guard))
 }
 
@@ -164,7 +164,7 @@ impl Node for NodeService {
             // The target is the CO's to name; whatever is mounted there goes,
             // even for a volume that no longer exists, so unpublish converges.
             let _guard = match VolumeId::parse_existing("volume_id", &r.volume_id) {
-                Ok(id) => Some(d.limiter.try_lock(format!("node/{id}"))?),
+                Ok(id) => Some(d.limiter.volume(&id)?),
                 Err(_) => None,
             };
             ops::unpublish(&target)?;

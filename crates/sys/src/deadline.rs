@@ -1,0 +1,220 @@
+//! Deadlines for host calls that can stall.
+//!
+//! A system call on a path or device whose data path hangs (a stopped FUSE
+//! server, an unreachable Ceph cluster behind a loop device) blocks in
+//! uninterruptible sleep: `stat`, `statvfs`, `open`, `umount2` and `mount`
+//! cannot be cancelled or timed out from the calling thread. So every such
+//! call runs on a helper thread and the caller waits at most a deadline:
+//! past it the caller gets [`Stalled`] and moves on, and the helper thread
+//! is abandoned (it finishes, or is freed, when the kernel lets go — e.g.
+//! once the FUSE connection is aborted).
+//!
+//! Calls carry a key (e.g. `umount /var/lib/kubelet/.../globalmount`).
+//! While a call with that key is still stuck, a new call with the same key
+//! fails at once with [`Stalled`] naming how long the first has been
+//! stuck, instead of piling up another stuck thread. [`stuck`] lists them
+//! (for logs, `explain` and the volume condition).
+//!
+//! The default deadlines can be scaled down for tests with
+//! `HAINA_HOST_DEADLINE_MS` (it replaces [`Deadline::Quick`] and
+//! [`Deadline::Mount`]).
+
+use std::collections::HashMap;
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How long a class of call may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deadline {
+    /// stat, statvfs, open, readlink, sysfs/proc reads: 10 s.
+    Quick,
+    /// mount, umount, loop attach (opens the backing file), freeze: 30 s.
+    Mount,
+    /// mkfs, fsck, resize of a large device: 10 min.
+    Long,
+}
+
+impl Deadline {
+    pub fn duration(self) -> Duration {
+        let scaled = scaled();
+        match self {
+            Self::Quick => scaled.unwrap_or(Duration::from_secs(10)),
+            Self::Mount => scaled.unwrap_or(Duration::from_secs(30)),
+            Self::Long => Duration::from_secs(600).max(scaled.unwrap_or_default()),
+        }
+    }
+}
+
+fn scaled() -> Option<Duration> {
+    static SCALED: OnceLock<Option<Duration>> = OnceLock::new();
+    *SCALED.get_or_init(|| {
+        std::env::var("HAINA_HOST_DEADLINE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+    })
+}
+
+/// A call that did not finish within its deadline (or whose earlier
+/// instance is still stuck).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{what} did not return within {after:?}{}", stuck_note(*.stuck_for))]
+pub struct Stalled {
+    pub what: String,
+    pub after: Duration,
+    /// Set when an earlier call with the same key is still stuck: how long.
+    pub stuck_for: Option<Duration>,
+}
+
+fn stuck_note(d: Option<Duration>) -> String {
+    match d {
+        Some(d) => format!(
+            " (an earlier identical call has been stuck for {}s)",
+            d.as_secs()
+        ),
+        None => " (the data path is stalled; the call is left running)".into(),
+    }
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Instant>> {
+    static STUCK: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+    STUCK.get_or_init(Default::default)
+}
+
+fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+    registry().lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Calls still stuck past their deadline: (key, how long).
+pub fn stuck() -> Vec<(String, Duration)> {
+    let mut v: Vec<_> = lock()
+        .iter()
+        .map(|(k, since)| (k.clone(), since.elapsed()))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Whether a call whose key starts with `prefix` is stuck right now.
+pub fn is_stuck(prefix: &str) -> Option<Duration> {
+    lock()
+        .iter()
+        .filter(|(k, _)| k.starts_with(prefix))
+        .map(|(_, since)| since.elapsed())
+        .max()
+}
+
+/// Runs `f` on a helper thread and waits for it at most `deadline`.
+/// `what` names the call in errors and is its key (see the module doc).
+pub fn run<T, F>(what: impl Into<String>, deadline: Deadline, f: F) -> Result<T, Stalled>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run_for(what, deadline.duration(), f)
+}
+
+/// [`run`] with an explicit duration.
+pub fn run_for<T, F>(what: impl Into<String>, after: Duration, f: F) -> Result<T, Stalled>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let what = what.into();
+    if let Some(since) = lock().get(&what) {
+        return Err(Stalled {
+            what,
+            after,
+            stuck_for: Some(since.elapsed()),
+        });
+    }
+    let (tx, rx) = mpsc::sync_channel::<T>(1);
+    let key = what.clone();
+    let spawned = std::thread::Builder::new()
+        .name("host-call".into())
+        .spawn(move || {
+            let out = f();
+            if tx.send(out).is_err() {
+                // The caller gave up on us: we were stuck, and now we are not.
+                lock().remove(&key);
+                tracing::warn!(call = %key, "a stalled host call finally returned");
+            }
+        });
+    if let Err(e) = spawned {
+        // No thread to spare (the node is out of threads or memory).
+        tracing::error!(call = %what, error = %e, "spawning a host-call thread failed");
+        return Err(Stalled {
+            what,
+            after: Duration::ZERO,
+            stuck_for: None,
+        });
+    }
+    match rx.recv_timeout(after) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            // Register before the helper can finish and look for its entry;
+            // if it finished in between, its result is still in the channel.
+            let mut reg = lock();
+            if let Ok(v) = rx.try_recv() {
+                return Ok(v);
+            }
+            reg.insert(what.clone(), Instant::now() - after);
+            drop(reg);
+            drop(rx);
+            tracing::error!(call = %what, ?after, "host call stalled past its deadline");
+            Err(Stalled {
+                what,
+                after,
+                stuck_for: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn fast_calls_return_their_value() {
+        assert_eq!(run_for("add", Duration::from_secs(5), || 2 + 2), Ok(4));
+    }
+
+    #[test]
+    fn stalled_call_is_abandoned_and_blocks_its_twin_until_it_returns() {
+        let release = Arc::new(AtomicBool::new(false));
+        let r = release.clone();
+        let key = "test: stalled twin";
+        let e = run_for(key, Duration::from_millis(50), move || {
+            while !r.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+        .unwrap_err();
+        assert_eq!(e.stuck_for, None);
+        assert!(e.to_string().contains(key), "{e}");
+        assert!(is_stuck(key).is_some());
+        // The twin fails at once, without running.
+        let ran = Arc::new(AtomicBool::new(false));
+        let ran2 = ran.clone();
+        let start = Instant::now();
+        let e = run_for(key, Duration::from_secs(5), move || {
+            ran2.store(true, Ordering::SeqCst)
+        })
+        .unwrap_err();
+        assert!(e.stuck_for.is_some());
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(!ran.load(Ordering::SeqCst));
+        // Once the first returns, the key is free again.
+        release.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while is_stuck(key).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(is_stuck(key).is_none());
+        assert_eq!(run_for(key, Duration::from_secs(5), || 7), Ok(7));
+    }
+}
