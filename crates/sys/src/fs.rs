@@ -191,6 +191,26 @@ pub fn mkfs<S: AsRef<str>>(dev: &Path, fs: FsType, extra: &[S]) -> Result<(), Fs
     Ok(())
 }
 
+/// [`mkfs`] with a chosen filesystem UUID, so that a later probe can tell
+/// the filesystem this mkfs made from any other.
+pub fn mkfs_with_uuid<S: AsRef<str>>(
+    dev: &Path,
+    fs: FsType,
+    extra: &[S],
+    uuid: &str,
+) -> Result<(), FsError> {
+    let uuid_args: Vec<String> = match fs {
+        FsType::Ext4 => vec!["-U".into(), uuid.into()],
+        FsType::Xfs => vec!["-m".into(), format!("uuid={uuid}")],
+    };
+    let all: Vec<&str> = uuid_args
+        .iter()
+        .map(String::as_str)
+        .chain(extra.iter().map(AsRef::as_ref))
+        .collect();
+    mkfs(dev, fs, &all)
+}
+
 /// Grows the mounted filesystem to fill its (already enlarged) device.
 pub fn grow(dev: &Path, mount_point: &Path, fs: FsType) -> Result<(), FsError> {
     let cmd = match fs {

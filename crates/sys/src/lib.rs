@@ -11,15 +11,23 @@
 //! - [`mountinfo`]: parser for `/proc/self/mountinfo`.
 //! - [`mount`]: `mount(2)`/`umount2(2)` wrappers and mount-option parsing.
 //! - [`fs`]: probe (blkid), mkfs, grow, statvfs, freeze/thaw, device size.
+//! - [`superblock`]: an ext4/xfs superblock's size, UUID and "pristine" state.
+//! - [`host`]: the [`host::Host`] trait every node operation goes through,
+//!   and [`host::RealHost`], the kernel with a deadline on every call.
+//! - [`fake`]: [`fake::FakeHost`], an in-memory kernel for unit tests that
+//!   records one ordered list of calls and can fail or hang any of them.
 
 pub mod blockdev;
 pub mod deadline;
 pub mod exec;
+pub mod fake;
 pub mod fs;
+pub mod host;
 mod ioctl;
 pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
+pub mod superblock;
 
 pub use rustix::io::Errno;
 pub use rustix::mount::MountFlags;

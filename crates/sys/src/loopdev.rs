@@ -6,9 +6,10 @@
 //! its attachments with [`attach_or_find`]. Kernel quirks handled here:
 //! - `LOOP_CTL_GET_FREE` only *names* a free device (the same one to every
 //!   caller until it is bound); another process can bind it before our
-//!   `LOOP_CONFIGURE`, which then fails with EBUSY. Attaches within this
-//!   process are serialized; against other processes we retry with a fresh
-//!   index after a short, growing pause.
+//!   `LOOP_CONFIGURE`, which then fails with EBUSY. GET_FREE + CONFIGURE
+//!   are serialized within this process (two ioctls under a lock; the
+//!   backing file is opened before, outside it); against other processes we
+//!   retry with a fresh index after a short, growing pause.
 //! - Without udev the `/dev/loopN` node may not exist yet: we `mknod` it with
 //!   the numbers from `/sys/block/loopN/dev`.
 //! - `LOOP_CLR_FD` never fails on a busy device: it sets autoclear and the
@@ -19,9 +20,12 @@
 //!   [`LoopDevice`] may name someone else's device: [`detach_by_backing_file`]
 //!   re-checks the backing file while holding the device open.
 //! - A backing file deleted while attached shows as `path (deleted)` in
-//!   sysfs. [`LoopDevice::backing_file`] strips the suffix, but
-//!   [`find_by_backing_file`] never matches such a device: it serves a file
-//!   that is no longer at that path.
+//!   sysfs. [`LoopDevice::backing_file`] strips the suffix;
+//!   [`find_by_backing_file`] never matches such a device (it serves a file
+//!   that is no longer at that path), [`find_any_by_backing_file`] and
+//!   [`detach_by_backing_file`] do, so a teardown still finds it.
+//! - Lookups compare backing paths as strings and never `stat` a backing
+//!   file: one over a stalled FUSE server would hang the lookup.
 //! - Some filesystems refuse `O_DIRECT`; we fall back to buffered I/O, and
 //!   the kernel itself may decline direct I/O (e.g. misaligned backing file).
 
@@ -30,7 +34,6 @@ use std::fs;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -51,7 +54,7 @@ const LO_FLAGS_READ_ONLY: u32 = 1;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
 
-/// Serializes GET_FREE + CONFIGURE (and find-then-attach) in this process.
+/// Serializes GET_FREE + CONFIGURE in this process (two ioctls, no file I/O).
 static ATTACH_LOCK: Mutex<()> = Mutex::new(());
 
 fn attach_lock() -> std::sync::MutexGuard<'static, ()> {
@@ -209,6 +212,12 @@ pub fn list() -> Result<Vec<(LoopDevice, PathBuf)>, LoopError> {
         .collect())
 }
 
+/// All configured loop devices with their backing files and whether those
+/// were deleted while attached, by index. Reads sysfs only.
+pub fn list_all() -> Result<Vec<(LoopDevice, PathBuf, bool)>, LoopError> {
+    configured()
+}
+
 fn configured() -> Result<Vec<(LoopDevice, PathBuf, bool)>, LoopError> {
     let sys_err = |source| LoopError::Sysfs {
         path: "/sys/block".into(),
@@ -234,69 +243,60 @@ fn configured() -> Result<Vec<(LoopDevice, PathBuf, bool)>, LoopError> {
     Ok(out)
 }
 
-/// Loop devices currently serving the file at `path` (lowest index first).
-/// A missing file has none.
+/// Loop devices currently serving the file at `path` (lowest index first);
+/// devices whose backing file was deleted are left out.
+///
+/// `path` must be the canonical path the kernel shows (callers build their
+/// image paths from canonical directories). It is compared as a string and
+/// nothing is `stat`ed: neither `path` nor any other device's backing file,
+/// so one device over a stalled data path (a stopped FUSE server) cannot
+/// hang a lookup for another.
 pub fn find_by_backing_file(path: &Path) -> Result<Vec<LoopDevice>, LoopError> {
-    let Some(wanted) = Wanted::resolve(path)? else {
-        return Ok(Vec::new());
-    };
-    Ok(configured()?
+    Ok(find_any_by_backing_file(path)?
         .into_iter()
-        .filter(|(_, backing, deleted)| !deleted && wanted.is(backing))
-        .map(|(dev, _, _)| dev)
+        .filter(|(_, deleted)| !deleted)
+        .map(|(dev, _)| dev)
         .collect())
 }
 
-/// An existing image file, identified by canonical path and inode.
-struct Wanted {
-    path: PathBuf,
-    dev: u64,
-    ino: u64,
+/// Like [`find_by_backing_file`], but also devices whose backing file at
+/// `path` was deleted while attached (the bool is true for those).
+pub fn find_any_by_backing_file(path: &Path) -> Result<Vec<(LoopDevice, bool)>, LoopError> {
+    let wanted = absolute(path);
+    Ok(configured()?
+        .into_iter()
+        .filter(|(_, backing, _)| *backing == wanted)
+        .map(|(dev, _, deleted)| (dev, deleted))
+        .collect())
 }
 
-impl Wanted {
-    /// None if the file does not exist.
-    fn resolve(path: &Path) -> Result<Option<Wanted>, LoopError> {
-        match fs::canonicalize(path).and_then(|p| fs::metadata(&p).map(|m| (p, m))) {
-            Ok((path, meta)) => Ok(Some(Wanted {
-                path,
-                dev: meta.dev(),
-                ino: meta.ino(),
-            })),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LoopError::Backing {
-                path: path.into(),
-                source,
-            }),
-        }
-    }
-
-    /// Whether a backing path from sysfs names this file (directly, or via
-    /// another path to the same inode).
-    fn is(&self, backing: &Path) -> bool {
-        backing == self.path
-            || fs::metadata(backing).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
-    }
-
-    fn served_by(&self, dev: &LoopDevice) -> bool {
-        dev.backing()
-            .is_some_and(|(backing, deleted)| !deleted && self.is(&backing))
+/// `path` made absolute against the current directory, without touching
+/// the filesystem.
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
     }
 }
 
 /// Attaches `path` to a free loop device. Not idempotent: see [`attach_or_find`].
 pub fn attach(path: &Path, opts: &AttachOptions) -> Result<LoopDevice, LoopError> {
-    let _guard = attach_lock();
-    attach_locked(path, opts)
+    let path = absolute(path);
+    let backing = open_backing(&path, opts)?;
+    configure(&path, &backing, opts)
 }
 
-fn attach_locked(path: &Path, opts: &AttachOptions) -> Result<LoopDevice, LoopError> {
-    let backing_err = |source| LoopError::Backing {
-        path: path.into(),
-        source,
-    };
-    let path = fs::canonicalize(path).map_err(backing_err)?;
-    let backing = open_backing(&path, opts)?;
+/// Binds the opened backing file to a free device. Only the two ioctls
+/// (GET_FREE + CONFIGURE) run under the process-wide lock: no file I/O
+/// does, so a backing file on a stalled data path cannot block other
+/// attaches.
+fn configure(
+    path: &Path,
+    backing: &OwnedFd,
+    opts: &AttachOptions,
+) -> Result<LoopDevice, LoopError> {
+    let path = path.to_path_buf();
     let ctl = rustix::fs::open(LOOP_CONTROL, OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())
         .map_err(|errno| LoopError::Device {
             op: "open",
@@ -308,32 +308,37 @@ fn attach_locked(path: &Path, opts: &AttachOptions) -> Result<LoopDevice, LoopEr
     if opts.read_only {
         flags |= LO_FLAGS_READ_ONLY;
     }
-    if rustix::fs::fcntl_getfl(&backing).is_ok_and(|f| f.contains(OFlags::DIRECT)) {
+    if rustix::fs::fcntl_getfl(backing).is_ok_and(|f| f.contains(OFlags::DIRECT)) {
         flags |= LO_FLAGS_DIRECT_IO;
     }
-    let mut config = LoopConfig::new(&backing, &path, flags);
+    let mut config = LoopConfig::new(backing, &path, flags);
 
     for attempt in 1..=ATTACH_ATTEMPTS {
-        let index =
-            ioctl::with_int(&ctl, IntOp::LoopCtlGetFree, 0).map_err(|errno| LoopError::Device {
-                op: "LOOP_CTL_GET_FREE",
-                device: LOOP_CONTROL.into(),
-                errno,
+        let claimed = {
+            let _guard = attach_lock();
+            let index = ioctl::with_int(&ctl, IntOp::LoopCtlGetFree, 0).map_err(|errno| {
+                LoopError::Device {
+                    op: "LOOP_CTL_GET_FREE",
+                    device: LOOP_CONTROL.into(),
+                    errno,
+                }
             })?;
-        let dev = LoopDevice {
-            index: index as u32,
+            let dev = LoopDevice {
+                index: index as u32,
+            };
+            let fd = dev.open()?;
+            // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `config` is.
+            let res = unsafe {
+                ioctl::with_ptr(
+                    &fd,
+                    ioctl::LOOP_CONFIGURE,
+                    (&raw mut config).cast::<c_void>(),
+                )
+            };
+            (dev, res)
         };
-        let fd = dev.open()?;
-        // SAFETY: LOOP_CONFIGURE reads a `struct loop_config`, which `config` is.
-        let res = unsafe {
-            ioctl::with_ptr(
-                &fd,
-                ioctl::LOOP_CONFIGURE,
-                (&raw mut config).cast::<c_void>(),
-            )
-        };
-        match res {
-            Ok(_) => {
+        match claimed {
+            (dev, Ok(_)) => {
                 if opts.direct_io && !dev.direct_io() {
                     tracing::warn!(device = %dev.path().display(), backing = %path.display(),
                         "kernel declined direct I/O; loop device uses buffered I/O");
@@ -342,12 +347,12 @@ fn attach_locked(path: &Path, opts: &AttachOptions) -> Result<LoopDevice, LoopEr
                     ?opts, "attached loop device");
                 return Ok(dev);
             }
-            Err(Errno::BUSY) => {
+            (dev, Err(Errno::BUSY)) => {
                 tracing::debug!(device = %dev.path().display(), attempt,
                     "loop device taken concurrently; retrying");
                 std::thread::sleep(Duration::from_millis(u64::from(attempt) * 5));
             }
-            Err(errno) => return Err(dev.err("LOOP_CONFIGURE", errno)),
+            (dev, Err(errno)) => return Err(dev.err("LOOP_CONFIGURE", errno)),
         }
     }
     Err(LoopError::NoFreeDevice {
@@ -386,14 +391,18 @@ fn open_backing(path: &Path, opts: &AttachOptions) -> Result<OwnedFd, LoopError>
 
 /// Returns the device already serving `path`, or attaches a new one.
 /// The bool is true when a device was newly attached. If several devices
-/// serve the file, the lowest is returned and a warning logged. Calls within
-/// this process are serialized, so two callers cannot both attach.
+/// serve the file, the lowest is returned and a warning logged. Calls for
+/// the same path within this process are serialized (so two callers
+/// cannot both attach); calls for different paths never wait on each
+/// other. The backing file is opened before any device is claimed.
 pub fn attach_or_find(path: &Path, opts: &AttachOptions) -> Result<(LoopDevice, bool), LoopError> {
-    let _guard = attach_lock();
+    let path = absolute(path);
+    let _busy = PathGuard::claim(&path);
 
-    let found = find_by_backing_file(path)?;
+    let found = find_by_backing_file(&path)?;
     let Some(&dev) = found.first() else {
-        return attach_locked(path, opts).map(|dev| (dev, true));
+        let backing = open_backing(&path, opts)?;
+        return configure(&path, &backing, opts).map(|dev| (dev, true));
     };
     if found.len() > 1 {
         tracing::warn!(backing = %path.display(), devices = ?found,
@@ -408,6 +417,32 @@ pub fn attach_or_find(path: &Path, opts: &AttachOptions) -> Result<(LoopDevice, 
     Ok((dev, false))
 }
 
+/// Paths being attached in this process right now.
+static ATTACHING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static ATTACHED: std::sync::Condvar = std::sync::Condvar::new();
+
+/// Holds one path for find-then-attach; released on drop.
+struct PathGuard(PathBuf);
+
+impl PathGuard {
+    fn claim(path: &Path) -> Self {
+        let mut busy = ATTACHING.lock().unwrap_or_else(|e| e.into_inner());
+        while busy.iter().any(|p| p == path) {
+            busy = ATTACHED.wait(busy).unwrap_or_else(|e| e.into_inner());
+        }
+        busy.push(path.to_path_buf());
+        PathGuard(path.to_path_buf())
+    }
+}
+
+impl Drop for PathGuard {
+    fn drop(&mut self) {
+        let mut busy = ATTACHING.lock().unwrap_or_else(|e| e.into_inner());
+        busy.retain(|p| *p != self.0);
+        ATTACHED.notify_all();
+    }
+}
+
 /// Detaches the device; an already unconfigured device is success.
 /// If the device is still open elsewhere (mounted, held by a process), the
 /// kernel only marks it autoclear and it stays attached until that last
@@ -420,18 +455,19 @@ pub fn detach(dev: &LoopDevice) -> Result<(), LoopError> {
     clear(dev, |_| true).map(|_| ())
 }
 
-/// Detaches every loop device serving the file at `path` and returns them;
-/// none (already detached) is success. A device whose image was deleted is
-/// not matched by path: detach it by number (e.g. from the mount source). Each
-/// device is re-checked while we hold it open, which pins its binding, so a
-/// device that was meanwhile reused for another image is left alone.
+/// Detaches every loop device serving the file at `path` — including one
+/// whose file at that path was deleted behind the driver's back — and
+/// returns them; none (already detached) is success. `path` is compared as
+/// a string (see [`find_by_backing_file`]). Each device is re-checked while
+/// we hold it open, which pins its binding, so a device that was meanwhile
+/// reused for another image is left alone.
 pub fn detach_by_backing_file(path: &Path) -> Result<Vec<LoopDevice>, LoopError> {
-    let Some(wanted) = Wanted::resolve(path)? else {
-        return Ok(Vec::new());
-    };
+    let wanted = absolute(path);
     let mut detached = Vec::new();
-    for dev in find_by_backing_file(path)? {
-        if clear(&dev, |d| wanted.served_by(d))? {
+    for (dev, _) in find_any_by_backing_file(&wanted)? {
+        if clear(&dev, |d| {
+            d.backing_file().as_deref() == Some(wanted.as_path())
+        })? {
             detached.push(dev);
         }
     }
@@ -561,15 +597,7 @@ fn parse_index(s: &str) -> Option<u32> {
 
 /// Content of `loop/backing_file` → (path, deleted). None when empty.
 fn parse_backing_file(raw: &[u8]) -> Option<(PathBuf, bool)> {
-    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    if raw.is_empty() {
-        return None;
-    }
-    let (raw, deleted) = match raw.strip_suffix(b" (deleted)") {
-        Some(stripped) => (stripped, true),
-        None => (raw, false),
-    };
-    Some((PathBuf::from(std::ffi::OsStr::from_bytes(raw)), deleted))
+    crate::blockdev::parse_backing(raw)
 }
 
 /// "7:3\n" → (7, 3).

@@ -154,6 +154,16 @@ fn deleted_image_is_not_found_by_path() {
     sparse_file(&image, 8 * MIB);
     assert_eq!(dev.0.backing_file(), Some(image.canonicalize().unwrap()));
     assert!(loopdev::find_by_backing_file(&image).unwrap().is_empty());
+    // A teardown still finds the stale device by its old path, and clears it.
+    assert_eq!(
+        loopdev::find_any_by_backing_file(&image).unwrap(),
+        vec![(dev.0, true)]
+    );
+    assert_eq!(
+        loopdev::detach_by_backing_file(&image).unwrap(),
+        vec![dev.0]
+    );
+    assert!(dev.0.backing_file().is_none());
 }
 
 #[test]
