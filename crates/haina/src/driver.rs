@@ -1,9 +1,11 @@
 //! The driver: configured pools, this node's identity, and the in-flight
 //! guard, shared by every service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use haina_sys::host::{RealHost, SharedHost};
 
 use crate::backend::SharedBackend;
 use crate::backend::local::LocalPool;
@@ -30,15 +32,31 @@ pub struct Driver {
     pub pools: BTreeMap<PoolName, SharedBackend>,
     pub default_pool: Option<PoolName>,
     pub limiter: Limiter,
+    /// The kernel: every node-side host call goes through it.
+    pub host: SharedHost,
+    /// Volumes whose last unstage stalled on a hung data path; the next
+    /// unstage of one forces the teardown.
+    stalled: Mutex<HashSet<crate::ids::VolumeId>>,
 }
 
 impl Driver {
-    /// Opens every configured pool.
+    /// Opens every configured pool, on the real kernel.
     pub fn new(
         config: &Config,
         node_id: String,
         data_dir: PathBuf,
         services: Services,
+    ) -> Result<Self> {
+        Self::with_host(config, node_id, data_dir, services, Arc::new(RealHost))
+    }
+
+    /// Opens every configured pool on `host` (a fake one in unit tests).
+    pub fn with_host(
+        config: &Config,
+        node_id: String,
+        data_dir: PathBuf,
+        services: Services,
+        host: SharedHost,
     ) -> Result<Self> {
         let mut pools: BTreeMap<PoolName, SharedBackend> = BTreeMap::new();
         for (name, pc) in &config.pools {
@@ -53,6 +71,7 @@ impl Driver {
                         root,
                         node_id.clone(),
                         l.direct_io,
+                        host.clone(),
                     )?)
                 }
                 PoolConfig::Rbd(r) => {
@@ -69,7 +88,26 @@ impl Driver {
             pools,
             default_pool: config.default_pool(),
             limiter: Limiter::default(),
+            host,
+            stalled: Mutex::default(),
         })
+    }
+
+    fn stalled_set(&self) -> std::sync::MutexGuard<'_, HashSet<crate::ids::VolumeId>> {
+        self.stalled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether the volume's last unstage stalled.
+    pub fn is_stalled(&self, id: &crate::ids::VolumeId) -> bool {
+        self.stalled_set().contains(id)
+    }
+
+    pub fn mark_stalled(&self, id: &crate::ids::VolumeId) {
+        self.stalled_set().insert(id.clone());
+    }
+
+    pub fn clear_stalled(&self, id: &crate::ids::VolumeId) {
+        self.stalled_set().remove(id);
     }
 
     /// A node-side driver as `haina serve --services node` would build it,

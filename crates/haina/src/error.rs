@@ -19,6 +19,9 @@ pub enum Error {
     ResourceExhausted(String),
     /// Another operation on the same object is in flight; the CO retries.
     Aborted(String),
+    /// A host call did not return within its deadline: the volume's data
+    /// path is hung. The CO retries; a retried NodeUnstageVolume forces.
+    Stalled(String),
     Unimplemented(String),
     Internal {
         context: String,
@@ -48,6 +51,7 @@ impl Error {
             Self::OutOfRange(m) => Self::OutOfRange(format!("{what}: {m}")),
             Self::ResourceExhausted(m) => Self::ResourceExhausted(format!("{what}: {m}")),
             Self::Aborted(m) => Self::Aborted(format!("{what}: {m}")),
+            Self::Stalled(m) => Self::Stalled(format!("{what}: {m}")),
             Self::Unimplemented(m) => Self::Unimplemented(format!("{what}: {m}")),
             Self::Internal { context, source } => Self::Internal {
                 context: format!("{what}: {context}"),
@@ -65,6 +69,7 @@ impl Error {
             Self::OutOfRange(_) => tonic::Code::OutOfRange,
             Self::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Self::Aborted(_) => tonic::Code::Aborted,
+            Self::Stalled(_) => tonic::Code::DeadlineExceeded,
             Self::Unimplemented(_) => tonic::Code::Unimplemented,
             Self::Internal { .. } => tonic::Code::Internal,
         }
@@ -81,6 +86,7 @@ impl fmt::Display for Error {
             | Self::OutOfRange(m)
             | Self::ResourceExhausted(m)
             | Self::Aborted(m)
+            | Self::Stalled(m)
             | Self::Unimplemented(m) => f.write_str(m),
             Self::Internal { context, source } => write!(f, "{context}: {source}"),
         }
@@ -108,6 +114,19 @@ impl From<haina_sys::exec::ExecError> for Error {
             // A missing tool is a property of the node, not a bug: say which one.
             haina_sys::exec::ExecError::NotFound { .. } => Self::FailedPrecondition(e.to_string()),
             other => Self::internal("running a system tool", other),
+        }
+    }
+}
+
+impl From<haina_sys::host::HostError> for Error {
+    fn from(e: haina_sys::host::HostError) -> Self {
+        use haina_sys::host::HostError as H;
+        use haina_sys::loopdev::LoopError;
+        match e {
+            H::Stalled(s) => Self::Stalled(s.to_string()),
+            H::Exec(x) => Self::from(x),
+            H::Loop(LoopError::NoFreeDevice { .. }) => Self::ResourceExhausted(e.to_string()),
+            other => Self::internal("host call", other),
         }
     }
 }

@@ -205,6 +205,23 @@ pub fn abs_path(field: &str, s: &str) -> Result<PathBuf> {
     Ok(p.components().collect())
 }
 
+/// How much of a client-supplied path an error message repeats.
+const MAX_PATH_ECHO: usize = 256;
+
+/// A client-supplied path for an error message: whole if short, else its
+/// start and how long it was (a gRPC status travels in a header).
+pub fn echo_path(p: &Path) -> String {
+    let s = p.to_string_lossy();
+    if s.len() <= MAX_PATH_ECHO {
+        return s.into_owned();
+    }
+    let mut end = MAX_PATH_ECHO;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes)", &s[..end], s.len())
+}
+
 /// A node ID: printable, no whitespace, at most 128 bytes (the CSI limit).
 pub fn node_id(field: &str, s: &str) -> Result<String> {
     if s.is_empty() {

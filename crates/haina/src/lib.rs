@@ -34,6 +34,7 @@ pub mod controller;
 pub mod driver;
 pub mod error;
 pub mod failpoint;
+pub mod fsopts;
 pub mod grpc;
 pub mod health;
 pub mod ids;

@@ -300,18 +300,20 @@ async fn explain_flags_a_mount_whose_image_was_deleted() {
         assert_eq!(r.1["backing"]["deleted"], true);
     }
 
-    // Clean up by hand: the driver rightly refuses to unstage an image it
-    // cannot see any more.
-    umount(&k.target, false);
-    umount(&k.staging, false);
-    let loopdev = haina_sys::loopdev::LoopDevice::from_path(Path::new(&dev)).unwrap();
-    haina_sys::loopdev::detach(&loopdev).unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: v.id.clone(),
-            ..Default::default()
-        })
+    // The driver cleans up what the kernel shows is the volume's, even with
+    // its image gone: unpublish, unstage, then delete (which refuses while
+    // the stale device is attached).
+    let delete = csi::DeleteVolumeRequest {
+        volume_id: v.id.clone(),
+        ..Default::default()
+    };
+    let e = c
+        .controller
+        .delete_volume(delete.clone())
         .await
-        .unwrap();
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+    unpublish_unstage_delete(&mut c, &v, &k).await;
+    let _ = c.controller.delete_volume(delete).await.unwrap();
     server.assert_no_leaks();
 }

@@ -516,7 +516,7 @@ impl State {
     fn kind(&self, path: &Path) -> Option<FileKind> {
         self.nodes.get(path).map(|n| match n {
             Node::Dir => FileKind::Dir,
-            Node::File => FileKind::File,
+            Node::File => FileKind::File(0),
             Node::Symlink(_) => FileKind::Symlink,
             Node::Block(a, b) => FileKind::BlockDevice(*a, *b),
         })
@@ -639,6 +639,14 @@ impl Host for FakeHost {
                 Err(Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(e),
             };
+            // A device node bound over a file shows the device node.
+            if let Some(m) = s.mounts.iter().rev().find(|m| m.mount_point == p)
+                && m.fs_type == "devtmpfs"
+                && m.root != Path::new("/")
+            {
+                let node = Path::new("/dev").join(m.root.strip_prefix("/").unwrap_or(&m.root));
+                return Ok(s.kind(&node));
+            }
             Ok(s.kind(&p))
         })
     }

@@ -87,7 +87,8 @@ pub type HostResult<T> = Result<T, HostError>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileKind {
     Dir,
-    File,
+    /// A regular file, with its size.
+    File(u64),
     Symlink,
     /// A block device node, with its `(major, minor)`.
     BlockDevice(u32, u32),
@@ -188,7 +189,7 @@ impl Host for RealHost {
             move || match rustix::fs::lstat(&p) {
                 Ok(st) => Ok(Some(match FileType::from_raw_mode(st.st_mode) {
                     FileType::Directory => FileKind::Dir,
-                    FileType::RegularFile => FileKind::File,
+                    FileType::RegularFile => FileKind::File(st.st_size as u64),
                     FileType::Symlink => FileKind::Symlink,
                     FileType::BlockDevice => FileKind::BlockDevice(
                         rustix::fs::major(st.st_rdev),

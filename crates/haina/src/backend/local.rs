@@ -25,7 +25,8 @@ use std::fs::{self, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use haina_sys::loopdev::{self, AttachOptions};
+use haina_sys::host::SharedHost;
+use haina_sys::loopdev::{AttachOptions, LoopDevice};
 
 use super::copy::{self, CopyMethod};
 use super::{Attachment, Backend, CreateSpec};
@@ -43,6 +44,8 @@ pub struct LocalPool {
     node_id: String,
     direct_io: bool,
     copy: CopyMethod,
+    /// The kernel (loop devices go through it, with deadlines).
+    host: SharedHost,
 }
 
 /// Removes files in order (missing ones are fine); the caller fsyncs the
@@ -65,7 +68,13 @@ fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
 
 impl LocalPool {
     /// Opens (creating if needed) the pool at `root`, and probes its copy method.
-    pub fn open(name: PoolName, root: PathBuf, node_id: String, direct_io: bool) -> Result<Self> {
+    pub fn open(
+        name: PoolName,
+        root: PathBuf,
+        node_id: String,
+        direct_io: bool,
+        host: SharedHost,
+    ) -> Result<Self> {
         for sub in ["volumes", "snapshots"] {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(|e| io_err("creating pool directory", &d, e))?;
@@ -82,6 +91,7 @@ impl LocalPool {
             node_id,
             direct_io,
             copy,
+            host,
         })
     }
 
@@ -91,6 +101,29 @@ impl LocalPool {
 
     pub fn copy_method(&self) -> CopyMethod {
         self.copy
+    }
+
+    /// Loop devices over the image at `image`, live ones first (string
+    /// comparison of sysfs paths: nothing is stat'ed).
+    fn loops_of(&self, image: &Path) -> Result<Vec<(LoopDevice, bool)>> {
+        let mut found: Vec<(LoopDevice, bool)> = self
+            .host
+            .loops()?
+            .into_iter()
+            .filter(|(_, backing, _)| backing == image)
+            .map(|(dev, _, deleted)| (dev, deleted))
+            .collect();
+        found.sort_by_key(|(dev, deleted)| (*deleted, dev.index));
+        Ok(found)
+    }
+
+    /// The live loop device serving `image`, if any.
+    fn live_loop(&self, image: &Path) -> Result<Option<LoopDevice>> {
+        Ok(self
+            .loops_of(image)?
+            .into_iter()
+            .find(|(_, deleted)| !deleted)
+            .map(|(dev, _)| dev))
     }
 
     fn own(&self, id: &VolumeId) -> Result<()> {
@@ -144,11 +177,8 @@ impl LocalPool {
         let tmp = dst.with_extension("img.tmp");
         if let Some(src) = src {
             // A mounted source is frozen so the copy is filesystem-consistent.
-            let _frozen = match loopdev::find_by_backing_file(src)
-                .map_err(|e| Error::internal("looking up loop devices", e))?
-                .first()
-            {
-                Some(dev) => crate::node::freeze_if_mounted(&dev.path())?,
+            let _frozen = match self.live_loop(src)? {
+                Some(dev) => crate::node::freeze_if_mounted(&self.host, &dev.path())?,
                 None => None,
             };
             copy::copy_file(src, &tmp, self.copy).map_err(|e| {
@@ -277,12 +307,17 @@ impl Backend for LocalPool {
     fn delete_volume(&self, id: &VolumeId, _secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let image = self.volume_image(id);
-        let devs = loopdev::find_by_backing_file(&image)
-            .map_err(|e| Error::internal("looking up loop devices", e))?;
-        if let Some(dev) = devs.first() {
+        // Any device over the image, even one whose file was deleted behind
+        // haina's back: deleting the record would orphan its mount.
+        if let Some((dev, deleted)) = self.loops_of(&image)?.first() {
             return Err(Error::FailedPrecondition(format!(
-                "volume {id} is still attached on this node as {}; unstage it first",
-                dev.path().display()
+                "volume {id} is still attached on this node as {}{}; unstage it first",
+                dev.path().display(),
+                if *deleted {
+                    " (its image file was deleted behind haina's back)"
+                } else {
+                    ""
+                }
             )));
         }
         if let Some(r) = self.read_volume(id)?
@@ -359,11 +394,8 @@ impl Backend for LocalPool {
             state::write(&self.volume_record(id), &r)?;
         }
         // An attached device on this node sees the new size at once.
-        for dev in loopdev::find_by_backing_file(&image)
-            .map_err(|e| Error::internal("finding loop devices", e))?
-        {
-            loopdev::refresh_capacity(&dev)
-                .map_err(|e| Error::internal("refreshing loop capacity", e))?;
+        if let Some(dev) = self.live_loop(&image)? {
+            self.host.loop_refresh(&dev)?;
         }
         Ok(r.capacity.max(size))
     }
@@ -440,8 +472,8 @@ impl Backend for LocalPool {
             direct_io: self.direct_io,
             read_only: false,
         };
-        let (dev, newly_attached) = loopdev::attach_or_find(&image, &opts).map_err(|e| {
-            Error::internal(format!("attaching {} to a loop device", image.display()), e)
+        let (dev, newly_attached) = self.host.loop_attach(&image, &opts).map_err(|e| {
+            Error::from(e).context(format!("attaching {} to a loop device", image.display()))
         })?;
         Ok(Attachment {
             device: dev.path(),
@@ -454,29 +486,41 @@ impl Backend for LocalPool {
     fn attachment(&self, id: &VolumeId) -> Result<Option<Attachment>> {
         self.own(id)?;
         let image = self.volume_image(id);
-        let devs = loopdev::find_by_backing_file(&image)
-            .map_err(|e| Error::internal("looking up loop devices", e))?;
-        Ok(devs.first().map(|dev| Attachment {
-            device: dev.path(),
-            mounter: "loop",
-            backing: image.display().to_string(),
-            newly_attached: false,
-        }))
+        // A device whose image was deleted behind haina's back still counts:
+        // unstage must find it to clean it up.
+        Ok(self
+            .loops_of(&image)?
+            .first()
+            .map(|(dev, deleted)| Attachment {
+                device: dev.path(),
+                mounter: "loop",
+                backing: format!(
+                    "{}{}",
+                    image.display(),
+                    if *deleted { " (deleted)" } else { "" }
+                ),
+                newly_attached: false,
+            }))
     }
 
     fn owns_device(&self, id: &VolumeId, dev: &haina_sys::blockdev::Device) -> bool {
         self.own(id).is_ok() && dev.loop_backing() == Some(self.volume_image(id).as_path())
     }
 
+    fn data_path_health(&self, id: &VolumeId, att: &Attachment) -> Option<String> {
+        att.backing.ends_with(" (deleted)").then(|| {
+            format!(
+                "the image file of volume {id} ({}) was deleted while attached as {}",
+                self.volume_image(id).display(),
+                att.device.display()
+            )
+        })
+    }
+
     fn detach(&self, id: &VolumeId) -> Result<()> {
         self.own(id)?;
         let image = self.volume_image(id);
-        for dev in loopdev::find_by_backing_file(&image)
-            .map_err(|e| Error::internal("looking up loop devices", e))?
-        {
-            loopdev::detach(&dev)
-                .map_err(|e| Error::internal(format!("detaching {}", dev.path().display()), e))?;
-        }
+        self.host.loop_detach(&image)?;
         Ok(())
     }
 
@@ -494,9 +538,7 @@ impl Backend for LocalPool {
     fn attachments(&self) -> Result<Vec<(VolumeId, Attachment)>> {
         let dir = self.root.join("volumes");
         let mut out = Vec::new();
-        for (dev, backing) in
-            loopdev::list().map_err(|e| Error::internal("listing loop devices", e))?
-        {
+        for (dev, backing, _deleted) in self.host.loops()? {
             if backing.parent() != Some(dir.as_path()) {
                 continue;
             }
@@ -518,11 +560,9 @@ impl Backend for LocalPool {
 
     fn refresh_size(&self, id: &VolumeId) -> Result<u64> {
         let image = self.volume_image(id);
-        let devs = loopdev::find_by_backing_file(&image)
-            .map_err(|e| Error::internal("looking up loop devices", e))?;
-        let dev = devs.first().ok_or_else(|| {
+        let dev = self.live_loop(&image)?.ok_or_else(|| {
             Error::FailedPrecondition(format!("volume {id} is not attached on this node"))
         })?;
-        loopdev::refresh_capacity(dev).map_err(|e| Error::internal("refreshing loop capacity", e))
+        Ok(self.host.loop_refresh(&dev)?)
     }
 }

@@ -576,9 +576,13 @@ impl RbdPool {
     /// node plugin together), freezes its filesystem for the duration of a
     /// snapshot, so the snapshot is filesystem-consistent, not only
     /// crash-consistent.
-    fn freeze_if_mounted_here(&self, id: &VolumeId) -> Result<Option<haina_sys::fs::FreezeGuard>> {
+    fn freeze_if_mounted_here(&self, id: &VolumeId) -> Result<Option<crate::node::FreezeGuard>> {
         match self.attachment(id)? {
-            Some(a) => crate::node::freeze_if_mounted(&a.device),
+            Some(a) => {
+                let host: haina_sys::host::SharedHost =
+                    std::sync::Arc::new(haina_sys::host::RealHost);
+                crate::node::freeze_if_mounted(&host, &a.device)
+            }
             None => Ok(None),
         }
     }

@@ -242,7 +242,11 @@ fn kubelet_targets(kubelet: &Path, name: &str) -> Vec<PathBuf> {
 fn by_id(ctx: &Ctx, id: &VolumeId) -> Result<Report, Usage> {
     let backend = ctx.driver.pool_of(id)?;
     let vol = backend.get_volume(id)?;
-    let att = backend.attachment(id)?;
+    // A device whose image was deleted while attached is reported below as
+    // a mount that lost its device.
+    let att = backend
+        .attachment(id)?
+        .filter(|a| !a.backing.ends_with(" (deleted)"));
     let t = &ctx.table;
     let mut r = Report {
         volume_id: Some(id.to_string()),

@@ -413,7 +413,7 @@ fn mount(d: &Driver, dir: &Path, o: &Options) -> Result<()> {
         capability: &cap,
         readonly: o.readonly,
     };
-    node::publish(backend.as_ref(), &publish).map_err(undo)
+    node::publish(d, backend.as_ref(), &publish).map_err(undo)
 }
 
 fn unmount(d: &Driver, dir: &Path) -> Result<()> {
@@ -422,10 +422,26 @@ fn unmount(d: &Driver, dir: &Path) -> Result<()> {
         Some(id) => {
             let backend = d.pool_of(id)?;
             let _lock = VolumeLock::wait(d, id)?;
-            node::unpublish(dir)?;
+            node::unpublish(d, backend.as_ref(), id, dir)?;
             unstage_if_unused(d, backend.as_ref(), id)?;
         }
-        None => node::unpublish(dir)?,
+        // No volume of ours is mounted there: only an empty directory
+        // left by an earlier unmount goes; anything else stays.
+        None => {
+            if read_table()?.at(dir).is_none() {
+                match fs::remove_dir(dir) {
+                    Ok(()) => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::NotFound | io::ErrorKind::DirectoryNotEmpty
+                        ) => {}
+                    Err(e) => {
+                        return Err(Error::internal(format!("removing {}", dir.display()), e));
+                    }
+                }
+            }
+        }
     }
     sweep(d, owner.as_ref())
 }
@@ -475,12 +491,12 @@ fn staged(d: &Driver) -> Result<Vec<VolumeId>> {
 /// directory. Returns whether it was unstaged.
 fn unstage_if_unused(d: &Driver, backend: &dyn Backend, id: &VolumeId) -> Result<bool> {
     let staging = staging_dir(d, id);
-    if let Some(att) = backend.attachment(id)? {
-        let table = read_table()?;
-        let dev = node::dev_numbers(&att.device)?;
-        if !node::users_of(&table, dev, &att.device, &staging).is_empty() {
-            return Ok(false);
-        }
+    // Mount points in the view are resolved paths: compare like with like.
+    let resolved = node::paths::resolve(d.host.as_ref(), "staging", &staging, false)?
+        .unwrap_or_else(|| staging.clone());
+    let view = node::view::observe(d.host.as_ref(), backend, id)?;
+    if view.elsewhere(&[&resolved]).next().is_some() {
+        return Ok(false);
     }
     node::unstage(d, backend, id, &staging)?;
     match fs::remove_dir(&staging) {

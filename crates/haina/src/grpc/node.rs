@@ -58,23 +58,18 @@ fn known_here(
 }
 
 /// A path the CO says holds the volume: required, and `NOT_FOUND` unless it
-/// is an absolute path that exists (the spec's answer for a wrong path).
-fn existing_path(field: &str, raw: &str) -> Result<std::path::PathBuf> {
+/// is an absolute path (the spec's answer for a wrong path). Whether it
+/// exists is asked of the host, under a deadline, by the node operation.
+fn volume_path(field: &str, raw: &str) -> Result<std::path::PathBuf> {
     if raw.is_empty() {
         return Err(Error::InvalidArgument(format!("{field} is required")));
     }
-    let path = ids::abs_path(field, raw).map_err(|_| {
+    ids::abs_path(field, raw).map_err(|_| {
         Error::NotFound(format!(
-            "{field} {raw:?} does not exist: it is not an absolute path"
+            "{field} {} does not exist: it is not an absolute path",
+            ids::echo_path(std::path::Path::new(raw))
         ))
-    })?;
-    if !path.exists() {
-        return Err(Error::NotFound(format!(
-            "{field} {} does not exist",
-            path.display()
-        )));
-    }
-    Ok(path)
+    })
 }
 
 #[tonic::async_trait]
@@ -145,7 +140,7 @@ impl Node for NodeService {
                 capability: &cap,
                 readonly: r.readonly,
             };
-            ops::publish(backend.as_ref(), &req)?;
+            ops::publish(&d, backend.as_ref(), &req)?;
             Ok(csi::NodePublishVolumeResponse {})
         })
         .await
@@ -161,13 +156,16 @@ impl Node for NodeService {
         run("NodeUnpublishVolume", &id, move || {
             VolumeId::parse("volume_id", &r.volume_id)?;
             let target = ids::abs_path("target_path", &r.target_path)?;
-            // The target is the CO's to name; whatever is mounted there goes,
-            // even for a volume that no longer exists, so unpublish converges.
-            let _guard = match VolumeId::parse_existing("volume_id", &r.volume_id) {
-                Ok(id) => Some(d.limiter.volume(&id)?),
-                Err(_) => None,
+            // Only what the kernel shows is this volume's is unmounted; an ID
+            // that names nothing here owns nothing here (the spec's OK).
+            let Ok(id) = VolumeId::parse_existing("volume_id", &r.volume_id) else {
+                return Ok(csi::NodeUnpublishVolumeResponse {});
             };
-            ops::unpublish(&target)?;
+            let Ok(backend) = d.pool_of(&id) else {
+                return Ok(csi::NodeUnpublishVolumeResponse {});
+            };
+            let _guard = d.limiter.volume(&id)?;
+            ops::unpublish(&d, backend.as_ref(), &id, &target)?;
             Ok(csi::NodeUnpublishVolumeResponse {})
         })
         .await
@@ -183,11 +181,11 @@ impl Node for NodeService {
         run("NodeGetVolumeStats", &id, move || {
             use csi::volume_usage::Unit;
             VolumeId::parse("volume_id", &r.volume_id)?;
-            let path = existing_path("volume_path", &r.volume_path)?;
+            let path = volume_path("volume_path", &r.volume_path)?;
             let id = VolumeId::parse_existing("volume_id", &r.volume_id)?;
             let backend = d.pool_of(&id)?;
             let att = known_here(backend.as_ref(), &id)?;
-            let s = ops::stats(&id, &path, att)?;
+            let s = ops::stats(&d, backend.as_ref(), &id, &path, att)?;
             let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
                 available: available as i64,
                 total: total as i64,
@@ -216,7 +214,7 @@ impl Node for NodeService {
         let id = r.volume_id.clone();
         run("NodeExpandVolume", &id, move || {
             VolumeId::parse("volume_id", &r.volume_id)?;
-            let path = existing_path("volume_path", &r.volume_path)?;
+            let path = volume_path("volume_path", &r.volume_path)?;
             let cap = r
                 .volume_capability
                 .as_ref()
@@ -224,9 +222,15 @@ impl Node for NodeService {
                 .transpose()?;
             let (id, backend, _guard) = claim(&d, &r.volume_id)?;
             let att = known_here(backend.as_ref(), &id)?;
+            let kind = d.host.lstat(&path)?.ok_or_else(|| {
+                Error::NotFound(format!(
+                    "volume_path {} does not exist",
+                    ids::echo_path(&path)
+                ))
+            })?;
             let block = cap.as_ref().is_some_and(|c| c.is_block())
-                || path.metadata().is_ok_and(|m| !m.is_dir());
-            let size = ops::expand(backend.as_ref(), &id, &path, block, att)?;
+                || kind != haina_sys::host::FileKind::Dir;
+            let size = ops::expand(&d, backend.as_ref(), &id, &path, block, att)?;
             Ok(csi::NodeExpandVolumeResponse {
                 capacity_bytes: size as i64,
             })

@@ -1,198 +1,54 @@
 //! Node operations: stage (attach + format + mount), publish (bind mount),
-//! and their reverses, plus stats and online expansion.
+//! their reverses, stats and online expansion.
 //!
 //! Links of the mount chain owned here (see docs/architecture.md):
-//! - block device → filesystem at the staging path (`stage`);
-//! - staging path → pod target path, a bind mount (`publish`);
-//! - for raw block volumes, the device node → a file at the target path.
+//! - block device → filesystem at the staging path (`stage`), or, for a
+//!   raw block volume, the device node bound at `<staging>/<volume-id>`;
+//! - staging → pod target path, a bind mount (`publish`).
 //!
-//! Every step first asks the kernel what is already there (mountinfo, loop
-//! devices) and decides with a pure function ([`decide_stage`],
-//! [`decide_publish`]) what is left to do, so a retried call after `kill -9`
-//! converges and a mount from a foreign source is never mistaken for ours.
-//! mkfs runs only on a device blkid positively reports blank, or one this
-//! node was formatting when it crashed (a marker file under the data dir).
+//! Every operation is observe → decide → execute:
+//! 1. [`view::observe`] reads the mount table and keeps the mounts the
+//!    kernel shows are this volume's (its pool recognises the device);
+//! 2. a pure function in [`decide`] turns that view, the node's
+//!    [`record`] and the request into an outcome;
+//! 3. a [`plan::Plan`] of host steps, each with its undo, runs through the
+//!    [`Host`] (deadlines on every call in the real one).
+//!
+//! Safety rules this module enforces (docs/safety.md lists the tests):
+//! - nothing is unmounted that the kernel does not show is this volume's,
+//!   and `/` never is (paths are resolved first; `/` is refused);
+//! - mkfs runs only on a device probed blank, or one holding a filesystem
+//!   this node started making (its recorded UUID) that is still pristine;
+//! - a volume is staged at one path only, and a raw block publish of a
+//!   volume staged with a filesystem is refused;
+//! - a stalled data path costs one call a deadline, and the retried
+//!   unstage forces the teardown.
 
-pub mod superblock;
+pub mod decide;
+pub mod paths;
+pub mod plan;
+pub mod record;
+#[cfg(test)]
+mod tests;
+pub mod view;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use haina_sys::exec::Cmd;
 use haina_sys::fs::{FsType, Probe};
-use haina_sys::mount;
-use haina_sys::mountinfo::{MountEntry, MountTable};
+use haina_sys::host::{FileKind, Host, SharedHost};
 
+use self::decide::{Format, Publish, StageBlock, StageFs, Unpublish, Unstage};
+use self::plan::{Plan, Step};
+use self::record::Staged;
+use self::view::{AtPath, View};
 use crate::backend::{Attachment, Backend};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::failpoint;
-use crate::ids::VolumeId;
+use crate::ids::{VolumeId, echo_path};
 use crate::volume::{AccessMode, AccessType, Capability, MIB, Secrets};
-
-fn sys<E: std::error::Error + Send + Sync + 'static>(
-    what: impl Into<String>,
-) -> impl FnOnce(E) -> Error {
-    let what = what.into();
-    move |e| Error::internal(what, e)
-}
-
-fn fs_err(what: &str) -> impl FnOnce(haina_sys::fs::FsError) -> Error + '_ {
-    move |e| match e {
-        haina_sys::fs::FsError::Exec(x) => Error::from(x).context(what),
-        other => Error::internal(what.to_string(), other),
-    }
-}
-
-/// `(major, minor)` of a device node.
-pub fn dev_numbers(dev: &Path) -> Result<(u32, u32)> {
-    let st = rustix::fs::stat(dev)
-        .map_err(|e| Error::internal(format!("stat {}", dev.display()), io::Error::from(e)))?;
-    Ok((rustix::fs::major(st.st_rdev), rustix::fs::minor(st.st_rdev)))
-}
-
-fn is_dev(e: &MountEntry, dev: (u32, u32)) -> bool {
-    (e.major, e.minor) == dev && e.root == Path::new("/")
-}
-
-/// Is `e` a bind mount of the device node `dev_path` (e.g. `/dev/loop3`)?
-pub fn is_device_bind(e: &MountEntry, dev_path: &Path) -> bool {
-    let rel = dev_path
-        .strip_prefix("/dev")
-        .map(|r| Path::new("/").join(r));
-    e.fs_type == "devtmpfs" && rel.is_ok_and(|r| e.root == r)
-}
-
-/// What `stage` must still do at `staging` for the filesystem on `dev`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum StageAction {
-    Done,
-    Mount,
-    Conflict(String),
-}
-
-pub fn decide_stage(table: &MountTable, staging: &Path, dev: (u32, u32)) -> StageAction {
-    match table.at(staging) {
-        None => StageAction::Mount,
-        Some(e) if is_dev(e, dev) => StageAction::Done,
-        Some(e) => StageAction::Conflict(format!(
-            "staging_target_path {} already has {} ({}:{}) mounted",
-            staging.display(),
-            e.source,
-            e.major,
-            e.minor
-        )),
-    }
-}
-
-/// What `publish` must still do at `target`.
-#[derive(Debug, PartialEq, Eq)]
-pub enum PublishAction {
-    Done,
-    Bind,
-    NotStaged,
-    Conflict(String),
-}
-
-/// Decides publish of a filesystem volume: `dev` must be mounted at
-/// `staging`; `target` is either free, or already our bind with the same
-/// read-only state.
-pub fn decide_publish(
-    table: &MountTable,
-    staging: &Path,
-    target: &Path,
-    dev: (u32, u32),
-    readonly: bool,
-) -> PublishAction {
-    let Some(st) = table.at(staging).filter(|e| is_dev(e, dev)) else {
-        return PublishAction::NotStaged;
-    };
-    let readonly = readonly || st.is_read_only();
-    match table.at(target) {
-        None => PublishAction::Bind,
-        Some(e) if is_dev(e, dev) && e.is_read_only() == readonly => PublishAction::Done,
-        Some(e) if is_dev(e, dev) => PublishAction::Conflict(format!(
-            "target_path {} is already published {}",
-            target.display(),
-            if e.is_read_only() {
-                "read-only"
-            } else {
-                "read-write"
-            }
-        )),
-        Some(e) => PublishAction::Conflict(format!(
-            "target_path {} already has {} ({}:{}) mounted",
-            target.display(),
-            e.source,
-            e.major,
-            e.minor
-        )),
-    }
-}
-
-/// Decides publish of a raw block volume at a file `target`.
-pub fn decide_publish_block(
-    table: &MountTable,
-    target: &Path,
-    dev_path: &Path,
-    readonly: bool,
-) -> PublishAction {
-    match table.at(target) {
-        None => PublishAction::Bind,
-        Some(e) if is_device_bind(e, dev_path) && e.is_read_only() == readonly => {
-            PublishAction::Done
-        }
-        Some(e) => PublishAction::Conflict(format!(
-            "target_path {} already has {}{} mounted",
-            target.display(),
-            e.source,
-            e.root.display()
-        )),
-    }
-}
-
-/// Mount points other than `except` that use the device (filesystem or node binds).
-pub fn users_of(
-    table: &MountTable,
-    dev: (u32, u32),
-    dev_path: &Path,
-    except: &Path,
-) -> Vec<PathBuf> {
-    table
-        .entries
-        .iter()
-        .filter(|e| (e.major, e.minor) == dev || is_device_bind(e, dev_path))
-        .map(|e| e.mount_point.clone())
-        .filter(|p| p != except)
-        .collect()
-}
-
-/// Freezes the filesystem on `device` if it is mounted on this node, so
-/// that a snapshot or copy taken now is filesystem-consistent. The guard
-/// thaws it when dropped, on every path, errors included.
-pub fn freeze_if_mounted(device: &Path) -> Result<Option<haina_sys::fs::FreezeGuard>> {
-    let (major, minor) = dev_numbers(device)?;
-    let table = read_table()?;
-    let Some(mount) = table.mounts_of_dev(major, minor).into_iter().next() else {
-        return Ok(None);
-    };
-    haina_sys::fs::FreezeGuard::freeze(&mount.mount_point)
-        .map(Some)
-        .map_err(|e| Error::internal(format!("freezing {}", mount.mount_point.display()), e))
-}
-
-fn formatting_marker(d: &Driver, id: &VolumeId) -> PathBuf {
-    d.data_dir
-        .join("node")
-        .join("formatting")
-        .join(format!("{id}"))
-}
-
-fn read_table() -> Result<MountTable> {
-    MountTable::read().map_err(sys("reading /proc/self/mountinfo"))
-}
 
 pub struct StageRequest<'a> {
     pub volume_id: &'a VolumeId,
@@ -202,103 +58,6 @@ pub struct StageRequest<'a> {
     /// ControllerPublishVolume published the volume read-only (its
     /// `publish_context` says so): the filesystem is mounted read-only too.
     pub readonly: bool,
-}
-
-pub fn stage(
-    d: &Driver,
-    backend: &dyn Backend,
-    req: &StageRequest<'_>,
-    secrets: &Secrets,
-) -> Result<()> {
-    backend.check_capability(req.capability)?;
-    let att = backend.attach(req.volume_id, secrets)?;
-    match mount_staging(d, backend, req, &att) {
-        // Roll back what this call did; report both errors if that fails too.
-        Err(e) if att.newly_attached => match backend.detach(req.volume_id) {
-            Ok(()) => Err(e),
-            Err(undo) => Err(e.context(format!(
-                "(and detaching {} failed: {undo})",
-                att.device.display()
-            ))),
-        },
-        other => other,
-    }
-}
-
-fn mount_staging(
-    d: &Driver,
-    backend: &dyn Backend,
-    req: &StageRequest<'_>,
-    att: &Attachment,
-) -> Result<()> {
-    let AccessType::Mount {
-        fs_type,
-        mount_flags,
-    } = &req.capability.access
-    else {
-        return Ok(()); // a block volume is staged once attached
-    };
-    let dev = dev_numbers(&att.device)?;
-    let table = read_table()?;
-    match decide_stage(&table, req.staging, dev) {
-        StageAction::Done => {
-            let fs = fs_of(fs_type, req.context)?;
-            return grow_if_needed(&att.device, req.staging, fs, true);
-        }
-        StageAction::Conflict(m) => return Err(Error::AlreadyExists(m)),
-        StageAction::Mount => {}
-    }
-    if !req.staging.is_dir() {
-        fs::create_dir_all(req.staging)
-            .map_err(sys(format!("creating {}", req.staging.display())))?;
-    }
-    let wanted = fs_of(fs_type, req.context)?;
-    let explicit = !fs_type.is_empty() || req.context.contains_key("fsType");
-    let blank = backend.is_blank(req.volume_id)?;
-    let fs = ensure_filesystem(
-        d,
-        req.volume_id,
-        &att.device,
-        wanted,
-        explicit,
-        blank,
-        req.context,
-    )?;
-
-    let mut opts: Vec<String> = mount_flags.clone();
-    if let Some(o) = req.context.get("mountOptions") {
-        opts.extend(
-            o.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        );
-    }
-    let writable = !req.capability.mode.is_read_only() && !req.readonly;
-    if !writable {
-        opts.push("ro".into());
-    }
-    if fs == FsType::Xfs {
-        // Clones and restores share their source's UUID; nouuid lets both mount.
-        opts.push("nouuid".into());
-    }
-    let (flags, data) = mount::parse_mount_options(&opts);
-    if writable && fs == FsType::Ext4 {
-        grow_if_needed(&att.device, req.staging, fs, false)?;
-    }
-    failpoint::hit("stage-before-mount")?;
-    mount::mount_fs(&att.device, req.staging, fs.as_str(), flags, &data).map_err(|e| {
-        match e.errno {
-            rustix::io::Errno::INVAL => {
-                Error::InvalidArgument(format!("mount rejected the options {opts:?}: {e}"))
-            }
-            _ => Error::internal("mounting the staging path", e),
-        }
-    })?;
-    if writable && fs == FsType::Xfs {
-        grow_if_needed(&att.device, req.staging, fs, true)?;
-    }
-    Ok(())
 }
 
 fn fs_of(cap_fs: &str, ctx: &BTreeMap<String, String>) -> Result<FsType> {
@@ -311,144 +70,467 @@ fn fs_of(cap_fs: &str, ctx: &BTreeMap<String, String>) -> Result<FsType> {
         .map_err(|e| Error::InvalidArgument(format!("volume_capability.mount.fs_type: {e}")))
 }
 
-/// Returns the filesystem on `dev`, creating it only on a blank device (or
-/// one whose interrupted mkfs this node recorded).
-fn ensure_filesystem(
+/// The mkfs arguments a volume's context asks for, allow-listed.
+fn mkfs_args(fs: FsType, ctx: &BTreeMap<String, String>) -> Result<Vec<String>> {
+    match ctx.get("mkfsOptions") {
+        Some(raw) => crate::fsopts::mkfs_args(fs, "volume_context.mkfsOptions", raw),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The mount options for the staging mount: the capability's flags and the
+/// context's `mountOptions`, allow-listed; `ro` and xfs's `nouuid` added.
+fn mount_options(
+    fs: FsType,
+    cap_flags: &[String],
+    ctx: &BTreeMap<String, String>,
+    writable: bool,
+) -> Result<Vec<String>> {
+    let mut opts =
+        crate::fsopts::mount_options(fs, "volume_capability.mount.mount_flags", cap_flags)?;
+    if let Some(o) = ctx.get("mountOptions") {
+        let listed: Vec<String> = o
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect();
+        opts.extend(crate::fsopts::mount_options(
+            fs,
+            "volume_context.mountOptions",
+            &listed,
+        )?);
+    }
+    if !writable {
+        opts.push("ro".into());
+    }
+    if fs == FsType::Xfs {
+        // Clones and restores share their source's UUID; nouuid lets both mount.
+        opts.push("nouuid".into());
+    }
+    Ok(opts)
+}
+
+/// The node's record for a stage at `staging`, written durably before the
+/// first change when it is missing or stale.
+fn ensure_record(
     d: &Driver,
     id: &VolumeId,
-    dev: &Path,
-    wanted: FsType,
-    explicit: bool,
-    blank: bool,
-    ctx: &BTreeMap<String, String>,
-) -> Result<FsType> {
-    let marker = formatting_marker(d, id);
-    let interrupted = marker.exists();
-    let probe = if blank {
-        Probe::Blank
-    } else {
-        haina_sys::fs::probe(dev).map_err(fs_err("probing the device"))?
+    staging: &Path,
+    block: bool,
+    view: &View,
+) -> Result<Staged> {
+    let current = record::read(d, id)?;
+    if let Some(r) = &current
+        && r.staging == staging
+        && r.block == block
+    {
+        return Ok(r.clone());
+    }
+    // A record for another path is stale only when nothing of the volume is
+    // mounted any more (the decisions before refused the live cases).
+    let mkfs_uuid = match current {
+        Some(r) if view.held().next().is_none() || r.staging == staging => r.mkfs_uuid,
+        _ => d.host.new_uuid()?,
     };
-    match probe {
-        Probe::Filesystem { fs_type, .. } if !interrupted => {
-            let found: FsType = fs_type.parse().map_err(|_| {
-                Error::FailedPrecondition(format!(
-                    "{} holds a {fs_type} filesystem, which haina does not mount; refusing to reformat it",
-                    dev.display()
-                ))
-            })?;
-            if explicit && found != wanted {
-                return Err(Error::FailedPrecondition(format!(
-                    "{} already holds {}, not the requested {}; refusing to reformat it",
-                    dev.display(),
-                    found.as_str(),
-                    wanted.as_str()
-                )));
-            }
-            Ok(found)
-        }
-        Probe::Other { what } if !interrupted => Err(Error::FailedPrecondition(format!(
-            "{} holds {what}; refusing to format it",
-            dev.display()
+    let rec = Staged {
+        staging: staging.to_path_buf(),
+        block,
+        mkfs_uuid,
+    };
+    record::write(d, id, &rec)?;
+    Ok(rec)
+}
+
+/// Fails when the attachment's data path is dead or stalled: a stage or
+/// publish over it would hand a pod I/O errors.
+fn check_data_path(backend: &dyn Backend, id: &VolumeId, att: &Attachment) -> Result<()> {
+    match backend.data_path_health(id, att) {
+        None => Ok(()),
+        Some(why) => Err(Error::FailedPrecondition(format!(
+            "volume {id}'s data path on this node is broken ({why}); unstage it \
+             (NodeUnstageVolume) and stage it again to recover"
         ))),
-        _ => {
-            // The marker only has to outlive the process (kill -9), not a
-            // power cut: after one, a half-made filesystem fails to mount
-            // with a clear error instead of being silently reformatted. So
-            // it is written without fsync, which keeps stage fast.
-            write_marker(&marker, wanted.as_str())?;
-            let extra: Vec<String> = ctx
-                .get("mkfsOptions")
-                .map(|o| o.split_whitespace().map(String::from).collect())
-                .unwrap_or_default();
-            failpoint::hit("stage-before-mkfs")?;
-            haina_sys::fs::mkfs(dev, wanted, &extra).map_err(fs_err("making the filesystem"))?;
-            remove_marker(&marker)?;
-            Ok(wanted)
+    }
+}
+
+pub fn stage(
+    d: &Driver,
+    backend: &dyn Backend,
+    req: &StageRequest<'_>,
+    secrets: &Secrets,
+) -> Result<()> {
+    let host = d.host.as_ref();
+    let id = req.volume_id;
+    backend.check_capability(req.capability)?;
+    let staging = paths::resolve(host, "staging_target_path", req.staging, true)?
+        .unwrap_or_else(|| req.staging.to_path_buf());
+    let staging_exists = match host.lstat(&staging)? {
+        None => false,
+        Some(FileKind::Dir) => true,
+        Some(_) => {
+            return Err(Error::InvalidArgument(format!(
+                "staging_target_path {} exists and is not a directory",
+                echo_path(req.staging)
+            )));
+        }
+    };
+    let view = view::observe(host, backend, id)?;
+    match &req.capability.access {
+        AccessType::Block => stage_block(d, backend, req, secrets, &staging, staging_exists, view),
+        AccessType::Mount {
+            fs_type,
+            mount_flags,
+        } => {
+            // Everything the request says is checked before anything changes.
+            let wanted = fs_of(fs_type, req.context)?;
+            let writable = !req.capability.mode.is_read_only() && !req.readonly;
+            let options = mount_options(wanted, mount_flags, req.context, writable)?;
+            let args = mkfs_args(wanted, req.context)?;
+            let explicit = !fs_type.is_empty() || req.context.contains_key("fsType");
+            let fs = FsRequest {
+                wanted,
+                explicit,
+                writable,
+                options,
+                args,
+            };
+            stage_fs(
+                d,
+                backend,
+                req,
+                secrets,
+                &staging,
+                staging_exists,
+                view,
+                &fs,
+            )
         }
     }
 }
 
-/// Grows the filesystem when the device is at least 1 MiB larger than it
-/// (a clone or restore into a bigger volume, or an expansion while
-/// unstaged). At stage time (`mounted == false` for ext4) ext4 is grown
-/// before it is mounted: an offline resize2fs, after the e2fsck it insists
-/// on, needs no CAP_SYS_RESOURCE and cannot race a writer. xfs can only grow
-/// mounted. The sizes come from the superblock, so the common case (nothing
-/// to grow) spawns no tool at all.
-fn grow_if_needed(dev: &Path, mount_point: &Path, fs: FsType, mounted: bool) -> Result<()> {
-    let dev_size =
-        haina_sys::fs::block_device_size(dev).map_err(fs_err("reading the device size"))?;
-    let Some(fs_size) = superblock::read_fs_size(dev, fs)
-        .map_err(sys(format!("reading the superblock of {}", dev.display())))?
-    else {
+/// A filesystem stage's checked parameters.
+struct FsRequest {
+    wanted: FsType,
+    explicit: bool,
+    writable: bool,
+    options: Vec<String>,
+    args: Vec<String>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn stage_fs(
+    d: &Driver,
+    backend: &dyn Backend,
+    req: &StageRequest<'_>,
+    secrets: &Secrets,
+    staging: &Path,
+    staging_exists: bool,
+    view: View,
+    fs: &FsRequest,
+) -> Result<()> {
+    let host = d.host.as_ref();
+    let id = req.volume_id;
+    match decide::stage_fs(&view, staging) {
+        StageFs::Done(held) => {
+            // Already staged: look at the attachment, never make a second one.
+            let att = match backend.attachment(id)? {
+                Some(att) => att,
+                None => backend.attach(id, secrets)?,
+            };
+            check_data_path(backend, id, &att)?;
+            if held.fs_errors {
+                return Err(Error::FailedPrecondition(format!(
+                    "the filesystem of volume {id} at {} turned read-only after I/O errors; \
+                     unstage it and stage it again",
+                    staging.display()
+                )));
+            }
+            if fs.writable
+                && let Ok(found) = held.fs_type.parse::<FsType>()
+            {
+                let mut plan = Plan::new();
+                grow_online(host, &att.device, staging, found, &mut plan)?;
+                plan.execute(host)?;
+            }
+            return Ok(());
+        }
+        StageFs::Occupied(what) => {
+            return Err(Error::AlreadyExists(format!(
+                "staging_target_path {} already has {what} mounted",
+                staging.display()
+            )));
+        }
+        StageFs::Elsewhere(paths) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is already staged on this node (mounted at {}); a volume has one \
+                 staging path per node: unstage it there first",
+                join(&paths)
+            )));
+        }
+        StageFs::AsBlock(p) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is staged as a raw block device at {}; unstage it before staging \
+                 it with a filesystem",
+                p.display()
+            )));
+        }
+        StageFs::Mount => {}
+    }
+    let rec = ensure_record(d, id, staging, false, &view)?;
+    let att = backend.attach(id, secrets)?;
+    let staged = check_data_path(backend, id, &att)
+        .and_then(|()| mount_staging(d, backend, id, staging, staging_exists, &att, &rec, fs));
+    undo_attach(backend, id, &att, staged)
+}
+
+/// Rolls back a new attachment when the stage failed after it.
+fn undo_attach(
+    backend: &dyn Backend,
+    id: &VolumeId,
+    att: &Attachment,
+    result: Result<()>,
+) -> Result<()> {
+    match result {
+        Err(e) if att.newly_attached => match backend.detach(id) {
+            Ok(()) => Err(e),
+            Err(undo) => Err(e.context(format!(
+                "(and detaching {} failed: {undo})",
+                att.device.display()
+            ))),
+        },
+        other => other,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn mount_staging(
+    d: &Driver,
+    backend: &dyn Backend,
+    id: &VolumeId,
+    staging: &Path,
+    staging_exists: bool,
+    att: &Attachment,
+    rec: &Staged,
+    fs: &FsRequest,
+) -> Result<()> {
+    let host = d.host.as_ref();
+    let dev = &att.device;
+    let probe = if backend.is_blank(id)? {
+        Probe::Blank
+    } else {
+        host.probe(dev)
+            .map_err(|e| Error::from(e).context(format!("probing {}", dev.display())))?
+    };
+    let sb = match &probe {
+        Probe::Filesystem { .. } => host.superblock(dev)?,
+        _ => None,
+    };
+    let mut plan = Plan::new();
+    let found = match decide::format(&probe, sb.as_ref(), &rec.mkfs_uuid, fs.wanted, fs.explicit) {
+        Format::Make => {
+            plan.then_keep(Step::Mkfs {
+                dev: dev.clone(),
+                fs: fs.wanted,
+                args: fs.args.clone(),
+                uuid: rec.mkfs_uuid.clone(),
+            });
+            None
+        }
+        Format::Use(found) => Some(found),
+        Format::Refuse(why) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} ({}): {why}",
+                dev.display()
+            )));
+        }
+    };
+    let fs_type = found.unwrap_or(fs.wanted);
+    let mut options = fs.options.clone();
+    if found.is_some_and(|f| f != fs.wanted) {
+        // The options were checked for the requested filesystem.
+        options = crate::fsopts::mount_options(fs_type, "mount options", &options)?;
+    }
+    if !staging_exists {
+        plan.then(Step::CreateDir(staging.to_path_buf()));
+    }
+    // A restored, cloned or expanded volume: grow to fill the device.
+    let needs_grow = match (&sb, found) {
+        (Some(sb), Some(_)) => sb.size + MIB <= host.device_size(dev)?,
+        _ => false,
+    };
+    if fs.writable && needs_grow && fs_type == FsType::Ext4 {
+        // Offline, before the mount: needs no CAP_SYS_RESOURCE and cannot
+        // race a writer.
+        plan.then_keep(Step::GrowOffline { dev: dev.clone() });
+    }
+    plan.then(Step::Mount {
+        dev: dev.clone(),
+        target: staging.to_path_buf(),
+        fs: fs_type,
+        options,
+    });
+    if fs.writable && needs_grow && fs_type == FsType::Xfs {
+        plan.then_keep(Step::GrowOnline {
+            dev: dev.clone(),
+            mount_point: staging.to_path_buf(),
+            fs: fs_type,
+        });
+    }
+    plan.execute(host)
+}
+
+/// Adds an online grow when the device is at least 1 MiB larger than the
+/// filesystem (read from the superblock: the common case spawns nothing).
+fn grow_online(
+    host: &dyn Host,
+    dev: &Path,
+    mount_point: &Path,
+    fs: FsType,
+    plan: &mut Plan,
+) -> Result<()> {
+    let Some(sb) = host.superblock(dev)? else {
         return Ok(());
     };
-    if fs_size + MIB > dev_size {
-        return Ok(());
+    if sb.size + MIB <= host.device_size(dev)? {
+        tracing::info!(device = %dev.display(), fs_size = sb.size, "growing filesystem online");
+        plan.then_keep(Step::GrowOnline {
+            dev: dev.to_path_buf(),
+            mount_point: mount_point.to_path_buf(),
+            fs,
+        });
     }
-    tracing::info!(device = %dev.display(), fs_size, dev_size, mounted, "growing filesystem");
-    if fs == FsType::Ext4 && !mounted {
-        // 0: clean, 1: errors fixed. Anything else stops the grow.
-        Cmd::new("e2fsck")
-            .args(["-f", "-p"])
-            .arg(dev)
-            .ok_codes(&[0, 1])
-            .run()?;
+    Ok(())
+}
+
+fn stage_block(
+    d: &Driver,
+    backend: &dyn Backend,
+    req: &StageRequest<'_>,
+    secrets: &Secrets,
+    staging: &Path,
+    staging_exists: bool,
+    view: View,
+) -> Result<()> {
+    let host = d.host.as_ref();
+    let id = req.volume_id;
+    let file = record::block_staging_file(staging, id);
+    let recorded = record::read(d, id)?.map(|r| record::block_staging_file(&r.staging, id));
+    match decide::stage_block(&view, &file, recorded.as_deref()) {
+        StageBlock::Done => {
+            let att = match backend.attachment(id)? {
+                Some(att) => att,
+                None => backend.attach(id, secrets)?,
+            };
+            return check_data_path(backend, id, &att);
+        }
+        StageBlock::Occupied(what) => {
+            return Err(Error::AlreadyExists(format!(
+                "{} already has {what} mounted",
+                file.display()
+            )));
+        }
+        StageBlock::AsFilesystem(p) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is mounted with a filesystem at {}; a raw block stage would expose \
+                 the device under a mounted filesystem",
+                p.display()
+            )));
+        }
+        StageBlock::Elsewhere(p) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} is already staged on this node at {}; unstage it there first",
+                p.display()
+            )));
+        }
+        StageBlock::Bind => {}
     }
-    haina_sys::fs::grow(dev, mount_point, fs).map_err(fs_err("growing the filesystem"))
+    ensure_record(d, id, staging, true, &view)?;
+    let att = backend.attach(id, secrets)?;
+    let staged = check_data_path(backend, id, &att).and_then(|()| {
+        let mut plan = Plan::new();
+        if !staging_exists {
+            plan.then(Step::CreateDir(staging.to_path_buf()));
+        }
+        if host.lstat(&file)?.is_none() {
+            plan.then(Step::CreateFile(file.clone()));
+        }
+        plan.then(Step::Bind {
+            source: att.device.clone(),
+            target: file.clone(),
+        });
+        plan.execute(host)
+    });
+    undo_attach(backend, id, &att, staged)
 }
 
 pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) -> Result<()> {
-    let table = read_table()?;
-    if let Some(att) = backend.attachment(id)? {
-        let dev = dev_numbers(&att.device)?;
-        let others = users_of(&table, dev, &att.device, staging);
-        if !others.is_empty() {
+    let host = d.host.as_ref();
+    let staging = paths::resolve(host, "staging_target_path", staging, false)?
+        .unwrap_or_else(|| staging.to_path_buf());
+    let file = record::block_staging_file(&staging, id);
+    let rec = record::read(d, id)?;
+    let view = view::observe(host, backend, id)?;
+    let mounts = match decide::unstage(
+        &view,
+        &staging,
+        &file,
+        rec.as_ref().map(|r| r.staging.as_path()),
+    ) {
+        Unstage::NotHere(at) => {
+            tracing::info!(volume = %id, staging = %staging.display(), staged_at = %at.display(),
+                "unstage of a path the volume is not staged at: nothing to do");
+            return Ok(());
+        }
+        Unstage::InUse(paths) => {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} is still published at {}; unpublish it first",
-                others
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                join(&paths)
             )));
         }
-        for e in table.all_at(staging).into_iter().rev() {
-            if !is_dev(e, dev) {
-                return Err(Error::FailedPrecondition(format!(
-                    "staging_target_path {} has a foreign mount of {}",
-                    staging.display(),
-                    e.source
-                )));
+        Unstage::Teardown(mounts) => mounts,
+    };
+    // A previous unstage of this volume stalled on its data path: this
+    // retry forces (lazy unmount, abort the data path). Unflushed writes
+    // are lost — which is why it is never the first attempt.
+    let force = d.is_stalled(id);
+    if force {
+        tracing::warn!(volume = %id, "a previous unstage stalled: forcing the teardown");
+    }
+    let mut plan = Plan::new();
+    for m in &mounts {
+        plan.then_keep(Step::Unmount {
+            target: m.clone(),
+            lazy: force,
+        });
+    }
+    // The block stage's bind target (named after the volume: ours).
+    if mounts.contains(&file) || matches!(host.lstat(&file)?, Some(FileKind::File(_))) {
+        plan.then_keep(Step::RemoveFile(file.clone()));
+    }
+    let result = plan
+        .execute(host)
+        .and_then(|()| failpoint::hit("unstage-before-detach"))
+        .and_then(|()| {
+            if force {
+                backend.force_detach(id)
+            } else {
+                backend.detach(id)
             }
-            mount::unmount(staging).map_err(sys("unmounting the staging path"))?;
+        });
+    match result {
+        Err(Error::Stalled(m)) => {
+            d.mark_stalled(id);
+            Err(Error::Stalled(format!(
+                "{m}; volume {id}'s data path is hung. Retry NodeUnstageVolume to force the \
+                 teardown (lazy unmount, data path aborted; writes not yet flushed are lost)"
+            )))
         }
-        failpoint::hit("unstage-before-detach")?;
-        backend.detach(id)?;
-    } else if let Some(e) = table.at(staging) {
-        return Err(Error::FailedPrecondition(format!(
-            "staging_target_path {} has {} mounted, but volume {id} is not attached here",
-            staging.display(),
-            e.source
-        )));
-    }
-    remove_marker(&formatting_marker(d, id))
-}
-
-fn write_marker(path: &Path, text: &str) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(sys(format!("creating {}", dir.display())))?;
-    }
-    fs::write(path, text).map_err(sys(format!("writing {}", path.display())))
-}
-
-fn remove_marker(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(Error::internal(format!("removing {}", path.display()), e))
+        Err(e) => Err(e),
+        Ok(()) => {
+            d.clear_stalled(id);
+            record::remove(d, id)
         }
-        _ => Ok(()),
     }
 }
 
@@ -460,120 +542,137 @@ pub struct PublishRequest<'a> {
     pub readonly: bool,
 }
 
-pub fn publish(backend: &dyn Backend, req: &PublishRequest<'_>) -> Result<()> {
+pub fn publish(d: &Driver, backend: &dyn Backend, req: &PublishRequest<'_>) -> Result<()> {
+    let host = d.host.as_ref();
+    let id = req.volume_id;
     backend.check_capability(req.capability)?;
-    let att = backend.attachment(req.volume_id)?.ok_or_else(|| {
+    let block = req.capability.is_block();
+    if let AccessType::Mount {
+        fs_type,
+        mount_flags,
+    } = &req.capability.access
+    {
+        let fs = fs_of(fs_type, &BTreeMap::new()).unwrap_or(FsType::Ext4);
+        crate::fsopts::mount_options(fs, "volume_capability.mount.mount_flags", mount_flags)?;
+    }
+    let not_staged = |why: String| {
         Error::FailedPrecondition(format!(
-            "volume {} is not staged on this node",
-            req.volume_id
+            "volume {id} is not staged at {}: {why}",
+            echo_path(req.staging)
         ))
-    })?;
-    let table = read_table()?;
-    let readonly = req.readonly || req.capability.mode.is_read_only();
-    let (source, action) = if req.capability.is_block() {
-        (
-            att.device.clone(),
-            decide_publish_block(&table, req.target, &att.device, readonly),
-        )
-    } else {
-        let dev = dev_numbers(&att.device)?;
-        (
-            req.staging.to_path_buf(),
-            decide_publish(&table, req.staging, req.target, dev, readonly),
-        )
     };
-    match action {
-        PublishAction::Done => return Ok(()),
-        PublishAction::NotStaged => {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} is not staged at {}",
-                req.volume_id,
-                req.staging.display()
-            )));
-        }
-        PublishAction::Conflict(m) => return Err(Error::AlreadyExists(m)),
-        PublishAction::Bind => {}
+    let staging = paths::resolve(host, "staging_target_path", req.staging, false)?
+        .ok_or_else(|| not_staged("the path does not exist".into()))?;
+    let target = paths::resolve(host, "target_path", req.target, true)?
+        .unwrap_or_else(|| req.target.to_path_buf());
+    if paths::nested(&target, &staging) {
+        return Err(Error::InvalidArgument(format!(
+            "target_path {} and staging_target_path {} overlap; a volume is published outside \
+             its staging path",
+            echo_path(req.target),
+            echo_path(req.staging)
+        )));
     }
-    if req.capability.mode == AccessMode::SingleNodeSingleWriter {
-        let dev = dev_numbers(&att.device)?;
-        let others = users_of(&table, dev, &att.device, req.staging);
-        if let Some(other) = others.first() {
-            return Err(Error::FailedPrecondition(format!(
-                "volume {} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
-                req.volume_id,
-                other.display()
-            )));
-        }
-    }
-    create_target(req.target, req.capability.is_block())?;
-    mount::bind(&source, req.target).map_err(sys("bind-mounting the target path"))?;
-    if readonly && let Err(e) = mount::remount_bind_readonly(req.target) {
-        // Never leave a writable bind behind a failed read-only publish.
-        let _ = mount::unmount(req.target);
-        return Err(Error::internal("remounting the target read-only", e));
-    }
-    Ok(())
-}
-
-/// Creates the publish target: a directory, or a file for a block volume.
-fn create_target(target: &Path, block: bool) -> Result<()> {
-    let parent = target.parent().unwrap_or(Path::new("/"));
-    if !parent.exists() {
-        fs::create_dir_all(parent).map_err(sys(format!("creating {}", parent.display())))?;
-    }
-    match (fs::symlink_metadata(target), block) {
-        (Err(e), _) if e.kind() == io::ErrorKind::NotFound => {}
-        (Err(e), _) => return Err(Error::internal(format!("stat {}", target.display()), e)),
-        (Ok(m), false) if m.is_dir() => return Ok(()),
-        (Ok(m), true) if m.is_file() => return Ok(()),
-        // Some COs pre-create a directory even for block volumes; an empty one can go.
-        (Ok(m), true) if m.is_dir() => {
-            fs::remove_dir(target).map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "target_path {} is a non-empty directory: {e}",
-                    target.display()
-                ))
-            })?;
-        }
-        (Ok(_), _) => {
-            return Err(Error::FailedPrecondition(format!(
-                "target_path {} exists and is not a {}",
-                target.display(),
-                if block { "file" } else { "directory" }
-            )));
-        }
-    }
-    if block {
-        fs::File::create(target).map(drop)
+    let source = if block {
+        record::block_staging_file(&staging, id)
     } else {
-        fs::create_dir(target)
+        staging.clone()
+    };
+    let view = view::observe(host, backend, id)?;
+    let readonly = req.readonly || req.capability.mode.is_read_only();
+    match decide::publish(&view, &source, &target, block, readonly) {
+        Publish::Done => return Ok(()),
+        Publish::NotStaged(why) => return Err(not_staged(why)),
+        Publish::Conflict(m) => return Err(Error::AlreadyExists(m)),
+        Publish::Bind => {}
     }
-    .map_err(sys(format!("creating {}", target.display())))
+    if req.capability.mode == AccessMode::SingleNodeSingleWriter
+        && let Some(other) = view.elsewhere(&[&source]).next()
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {id} has access mode SINGLE_NODE_SINGLE_WRITER and is already published at {}",
+            other.mount_point.display()
+        )));
+    }
+    if let Some(att) = backend.attachment(id)? {
+        check_data_path(backend, id, &att)?;
+    }
+    let mut plan = Plan::new();
+    match (host.lstat(&target)?, block) {
+        (None, false) => {
+            plan.then(Step::CreateDir(target.clone()));
+        }
+        (None, true) => {
+            plan.then(Step::CreateFile(target.clone()));
+        }
+        (Some(FileKind::Dir), false) | (Some(FileKind::File(_)), true) => {}
+        // Some COs pre-create a directory even for block volumes; an empty one can go.
+        (Some(FileKind::Dir), true) if host.dir_is_empty(&target)? => {
+            plan.then_keep(Step::RemoveDir(target.clone()));
+            plan.then(Step::CreateFile(target.clone()));
+        }
+        (Some(_), _) => {
+            return Err(Error::FailedPrecondition(format!(
+                "target_path {} exists and is not {}",
+                echo_path(req.target),
+                if block {
+                    "a file (or an empty directory)"
+                } else {
+                    "a directory"
+                }
+            )));
+        }
+    }
+    plan.then(Step::Bind {
+        source,
+        target: target.clone(),
+    });
+    if readonly {
+        // Never leave a writable bind behind: a failed remount undoes the bind.
+        plan.then_keep(Step::RemountReadOnly(target));
+    }
+    plan.execute(host)
 }
 
-/// Unmounts everything at `target` and removes it. Only the empty directory
-/// or empty file the publish created is removed; anything else is an error.
-pub fn unpublish(target: &Path) -> Result<()> {
-    for _ in 0..16 {
-        let table = read_table()?;
-        if table.at(target).is_none() {
-            break;
+/// NodeUnpublishVolume: unmounts only the volume's own mounts at `target`
+/// (as the kernel shows them), then removes the target the publish made.
+/// A foreign mount, another volume's, or the volume's staging mount is
+/// left untouched (the spec's OK: the volume is not published there).
+pub fn unpublish(d: &Driver, backend: &dyn Backend, id: &VolumeId, target: &Path) -> Result<()> {
+    let host = d.host.as_ref();
+    let Some(target) = paths::resolve(host, "target_path", target, false)? else {
+        return Ok(()); // its parent is gone: nothing can be there
+    };
+    let staging = record::read(d, id)?.map(|r| r.staging);
+    let view = view::observe(host, backend, id)?;
+    let mut plan = Plan::new();
+    match decide::unpublish(&view, &target, staging.as_deref()) {
+        Unpublish::Leave(why) => {
+            tracing::warn!(volume = %id, target = %target.display(), why,
+                "unpublish: the volume is not published there; leaving it untouched");
+            return Ok(());
         }
-        mount::unmount(target).map_err(sys("unmounting the target path"))?;
+        Unpublish::Unmount(n) => {
+            for _ in 0..n {
+                plan.then_keep(Step::Unmount {
+                    target: target.clone(),
+                    lazy: false,
+                });
+            }
+        }
+        Unpublish::Remove => {}
     }
-    match fs::symlink_metadata(target) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::internal(format!("stat {}", target.display()), e)),
-        Ok(m) if m.is_dir() => {
-            fs::remove_dir(target).map_err(sys(format!("removing {}", target.display())))
+    plan.execute(host)?;
+    // The target the publish created: an empty directory or file.
+    match host.lstat(&target)? {
+        None => Ok(()),
+        Some(FileKind::Dir) if host.dir_is_empty(&target)? => Step::RemoveDir(target).run(host),
+        Some(FileKind::File(0)) => Step::RemoveFile(target).run(host),
+        Some(_) => {
+            tracing::warn!(target = %target.display(),
+                "unpublish: the target is not an empty directory or file; leaving it");
+            Ok(())
         }
-        Ok(m) if m.is_file() && m.len() == 0 => {
-            fs::remove_file(target).map_err(sys(format!("removing {}", target.display())))
-        }
-        Ok(_) => Err(Error::FailedPrecondition(format!(
-            "target_path {} is not a directory or an empty file; not removing it",
-            target.display()
-        ))),
     }
 }
 
@@ -585,172 +684,156 @@ pub struct Stats {
 }
 
 /// `att` is the volume's attachment on this node, as the caller found it.
-pub fn stats(id: &VolumeId, path: &Path, att: Option<Attachment>) -> Result<Stats> {
-    let meta = fs::metadata(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => {
-            Error::NotFound(format!("volume_path {} does not exist", path.display()))
-        }
-        _ => Error::internal(format!("stat {}", path.display()), e),
-    })?;
-    let table = read_table()?;
-    let Some(att) = att else {
-        return Ok(Stats {
-            bytes: (0, 0, 0),
-            inodes: None,
-            abnormal: Some(format!(
-                "volume {id} has no block device attached on this node"
-            )),
-        });
+/// Every check is bounded in time: a hung volume reports abnormal.
+pub fn stats(
+    d: &Driver,
+    backend: &dyn Backend,
+    id: &VolumeId,
+    path: &Path,
+    att: Option<Attachment>,
+) -> Result<Stats> {
+    let host = d.host.as_ref();
+    let missing = || Error::NotFound(format!("volume_path {} does not exist", echo_path(path)));
+    let resolved = paths::resolve(host, "volume_path", path, false)?.ok_or_else(missing)?;
+    let kind = host.lstat(&resolved)?.ok_or_else(missing)?;
+    let abnormal = |why: String| Stats {
+        bytes: (0, 0, 0),
+        inodes: None,
+        abnormal: Some(why),
     };
-    if !meta.is_dir() {
-        let size = haina_sys::fs::block_device_size(&att.device)
-            .map_err(fs_err("reading the device size"))?;
-        let abnormal = match table.at(path) {
-            Some(e) if is_device_bind(e, &att.device) => None,
-            _ => Some(format!(
-                "{} is not bound to {}",
-                path.display(),
-                att.device.display()
-            )),
-        };
-        return Ok(Stats {
-            bytes: (size, 0, 0),
-            inodes: None,
-            abnormal,
+    let Some(att) = att else {
+        return Ok(abnormal(format!(
+            "volume {id} has no block device attached on this node"
+        )));
+    };
+    let view = view::observe(host, backend, id)?;
+    let held = match view.at(&resolved) {
+        AtPath::Ours(h) => h,
+        AtPath::Foreign(what) => {
+            return Ok(abnormal(format!(
+                "{} has {what} mounted, not volume {id}",
+                path.display()
+            )));
+        }
+        AtPath::Nothing => {
+            return Ok(abnormal(format!(
+                "{} is not a mount point: the volume's mount is gone",
+                path.display()
+            )));
+        }
+    };
+    let health = backend.data_path_health(id, &att).or_else(|| {
+        held.fs_errors
+            .then(|| "the filesystem turned read-only after I/O errors".to_string())
+    });
+    if held.devnode || kind != FileKind::Dir {
+        return Ok(match host.device_size(&att.device) {
+            Ok(size) => Stats {
+                bytes: (size, 0, 0),
+                inodes: None,
+                abnormal: health,
+            },
+            Err(e) => abnormal(health.unwrap_or_else(|| e.to_string())),
         });
     }
-    let dev = dev_numbers(&att.device)?;
-    let abnormal = match table.at(path) {
-        Some(e) if (e.major, e.minor) == dev => None,
-        Some(e) => Some(format!(
-            "{} is mounted from {}, not from {}",
-            path.display(),
-            e.source,
-            att.device.display()
-        )),
-        None => Some(format!(
-            "{} is not a mount point: the volume's mount is gone",
-            path.display()
-        )),
-    };
-    let u = haina_sys::fs::statvfs_usage(path).map_err(fs_err("statvfs"))?;
-    Ok(Stats {
-        bytes: (u.bytes_total, u.bytes_used, u.bytes_available),
-        inodes: Some((u.inodes_total, u.inodes_used, u.inodes_free)),
-        abnormal,
-    })
+    if let Some(why) = health {
+        // Do not even statvfs a volume whose data path is known bad.
+        return Ok(abnormal(why));
+    }
+    match host.statvfs(&resolved) {
+        Ok(u) => Ok(Stats {
+            bytes: (u.bytes_total, u.bytes_used, u.bytes_available),
+            inodes: Some((u.inodes_total, u.inodes_used, u.inodes_free)),
+            abnormal: None,
+        }),
+        Err(e) if e.is_stalled() => Ok(abnormal(format!("the volume's data path is hung: {e}"))),
+        Err(e) => Ok(abnormal(format!("statvfs failed: {e}"))),
+    }
 }
 
 /// NodeExpandVolume: make the device see the new size and grow the filesystem.
 pub fn expand(
+    d: &Driver,
     backend: &dyn Backend,
     id: &VolumeId,
     volume_path: &Path,
     block: bool,
     att: Option<Attachment>,
 ) -> Result<u64> {
+    let host = d.host.as_ref();
     let att = att.ok_or_else(|| {
         Error::FailedPrecondition(format!("volume {id} is not staged on this node"))
     })?;
+    check_data_path(backend, id, &att)?;
     let size = backend.refresh_size(id)?;
     if block {
         return Ok(size);
     }
-    let table = read_table()?;
-    let dev = dev_numbers(&att.device)?;
-    let entry = table
-        .at(volume_path)
-        .filter(|e| (e.major, e.minor) == dev)
-        .ok_or_else(|| {
-            Error::NotFound(format!(
-                "volume_path {} is not a mount of volume {id}",
-                volume_path.display()
-            ))
-        })?;
-    let fs: FsType = entry.fs_type.parse().map_err(|_| {
-        Error::FailedPrecondition(format!("cannot grow a {} filesystem", entry.fs_type))
+    let not_ours = || {
+        Error::NotFound(format!(
+            "volume_path {} is not a mount of volume {id}",
+            echo_path(volume_path)
+        ))
+    };
+    let path = paths::resolve(host, "volume_path", volume_path, false)?.ok_or_else(not_ours)?;
+    let view = view::observe(host, backend, id)?;
+    let AtPath::Ours(held) = view.at(&path) else {
+        return Err(not_ours());
+    };
+    if held.devnode {
+        return Ok(size);
+    }
+    let fs: FsType = held.fs_type.parse().map_err(|_| {
+        Error::FailedPrecondition(format!("cannot grow a {} filesystem", held.fs_type))
     })?;
-    grow_if_needed(&att.device, volume_path, fs, true)?;
+    let mut plan = Plan::new();
+    grow_online(host, &att.device, &path, fs, &mut plan)?;
+    plan.execute(host)?;
     Ok(size)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A filesystem frozen for a snapshot; thawed when dropped, on every path.
+#[must_use = "the filesystem thaws when the guard is dropped"]
+pub struct FreezeGuard {
+    host: SharedHost,
+    mount_point: PathBuf,
+}
 
-    const TABLE: &str = "\
-22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
-30 22 7:3 / /stage/v1 rw,relatime - ext4 /dev/loop3 rw
-31 22 7:3 / /pods/a/mount rw,relatime - ext4 /dev/loop3 rw
-32 22 7:3 / /pods/b/mount ro,relatime - ext4 /dev/loop3 rw
-33 22 0:5 /loop4 /pods/c/block rw,nosuid - devtmpfs udev rw
-34 22 8:1 / /stage/foreign rw - ext4 /dev/sda1 rw
-";
-
-    fn t() -> MountTable {
-        MountTable::parse(TABLE).unwrap()
+impl Drop for FreezeGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.host.thaw(&self.mount_point) {
+            tracing::error!(mount_point = %self.mount_point.display(), error = %e,
+                "could not thaw filesystem");
+        }
     }
+}
 
-    #[test]
-    fn stage_table() {
-        let t = t();
-        assert_eq!(
-            decide_stage(&t, Path::new("/stage/v1"), (7, 3)),
-            StageAction::Done
-        );
-        assert_eq!(
-            decide_stage(&t, Path::new("/stage/v2"), (7, 5)),
-            StageAction::Mount
-        );
-        assert!(matches!(
-            decide_stage(&t, Path::new("/stage/foreign"), (7, 3)),
-            StageAction::Conflict(_)
-        ));
-    }
+/// Freezes the filesystem on `device` if it is mounted on this node, so
+/// that a snapshot or copy taken now is filesystem-consistent.
+pub fn freeze_if_mounted(host: &SharedHost, device: &Path) -> Result<Option<FreezeGuard>> {
+    let Some(FileKind::BlockDevice(major, minor)) = host.lstat(device)? else {
+        return Ok(None);
+    };
+    let table = host.mount_table()?;
+    let Some(mount) = table
+        .mounts_of_dev(major, minor)
+        .into_iter()
+        .find(|m| m.root == Path::new("/"))
+    else {
+        return Ok(None);
+    };
+    host.freeze(&mount.mount_point)
+        .map_err(|e| Error::from(e).context(format!("freezing {}", mount.mount_point.display())))?;
+    Ok(Some(FreezeGuard {
+        host: Arc::clone(host),
+        mount_point: mount.mount_point.clone(),
+    }))
+}
 
-    #[test]
-    fn publish_table() {
-        let t = t();
-        let s = Path::new("/stage/v1");
-        let p = |target: &str, ro| decide_publish(&t, s, Path::new(target), (7, 3), ro);
-        assert_eq!(p("/pods/new/mount", false), PublishAction::Bind);
-        assert_eq!(p("/pods/a/mount", false), PublishAction::Done);
-        assert_eq!(p("/pods/b/mount", true), PublishAction::Done);
-        assert!(matches!(
-            p("/pods/a/mount", true),
-            PublishAction::Conflict(_)
-        ));
-        assert!(matches!(
-            p("/stage/foreign", false),
-            PublishAction::Conflict(_)
-        ));
-        assert_eq!(
-            decide_publish(&t, Path::new("/stage/v2"), Path::new("/x"), (7, 3), false),
-            PublishAction::NotStaged
-        );
-        let b = |target: &str, dev: &str| {
-            decide_publish_block(&t, Path::new(target), Path::new(dev), false)
-        };
-        assert_eq!(b("/pods/c/block", "/dev/loop4"), PublishAction::Done);
-        assert!(matches!(
-            b("/pods/c/block", "/dev/loop5"),
-            PublishAction::Conflict(_)
-        ));
-        assert_eq!(b("/pods/d/block", "/dev/loop4"), PublishAction::Bind);
-    }
-
-    #[test]
-    fn users() {
-        let t = t();
-        let u = users_of(&t, (7, 3), Path::new("/dev/loop3"), Path::new("/stage/v1"));
-        assert_eq!(
-            u,
-            vec![
-                PathBuf::from("/pods/a/mount"),
-                PathBuf::from("/pods/b/mount")
-            ]
-        );
-        let u = users_of(&t, (7, 4), Path::new("/dev/loop4"), Path::new("/stage/x"));
-        assert_eq!(u, vec![PathBuf::from("/pods/c/block")]);
-    }
+fn join(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
