@@ -37,6 +37,8 @@ pub struct Driver {
     /// Volumes whose last unstage stalled on a hung data path; the next
     /// unstage of one forces the teardown.
     stalled: Mutex<HashSet<crate::ids::VolumeId>>,
+    /// Held while a stage checks the attach limit and claims a slot.
+    pub(crate) slots: Mutex<()>,
 }
 
 impl Driver {
@@ -90,6 +92,7 @@ impl Driver {
             limiter: Limiter::default(),
             host,
             stalled: Mutex::default(),
+            slots: Mutex::default(),
         })
     }
 

@@ -73,8 +73,11 @@ struct ServeArgs {
         default_value = "controller,node"
     )]
     services: Vec<ServiceKind>,
-    /// Reported in NodeGetInfo; 0 means no limit.
-    #[arg(long, default_value_t = 0)]
+    /// The most volumes this node stages at once: reported in NodeGetInfo
+    /// (the scheduler's attach limit) and enforced by NodeStageVolume
+    /// (RESOURCE_EXHAUSTED). 0 means no limit.
+    #[arg(long, env = "HAINA_MAX_VOLUMES_PER_NODE", default_value_t = 0,
+          value_parser = clap::value_parser!(i64).range(0..))]
     max_volumes_per_node: i64,
     /// Serve Prometheus /metrics and /healthz on this address (e.g. 0.0.0.0:9808).
     #[arg(long, env = "HAINA_METRICS_ADDRESS")]

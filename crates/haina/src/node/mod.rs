@@ -127,6 +127,21 @@ fn ensure_record(
     {
         return Ok(r.clone());
     }
+    // A new volume on this node takes one of its `max_volumes_per_node`
+    // slots: counted and claimed under one lock, so two concurrent stages
+    // cannot both take the last one.
+    let _slots = d.slots.lock().unwrap_or_else(|p| p.into_inner());
+    if current.is_none() && d.max_volumes_per_node > 0 {
+        let staged = record::staged(d)?;
+        if staged.len() as i64 >= d.max_volumes_per_node {
+            return Err(Error::ResourceExhausted(format!(
+                "node {} already has {} volumes staged, its max_volumes_per_node; unstage                  one first (staged: {})",
+                d.node_id,
+                staged.len(),
+                staged.join(", ")
+            )));
+        }
+    }
     // A record for another path is stale only when nothing of the volume is
     // mounted any more (the decisions before refused the live cases).
     let mkfs_uuid = match current {

@@ -50,6 +50,11 @@ pub fn write(d: &Driver, id: &VolumeId, rec: &Staged) -> Result<()> {
     Ok(state::write(&path(d, id), rec)?)
 }
 
+/// The volumes this node has staged (or is staging): one record each.
+pub fn staged(d: &Driver) -> Result<Vec<String>> {
+    Ok(state::list(&d.data_dir.join("node").join("volumes"))?)
+}
+
 /// Removes the record (unlink only: works on a full disk).
 pub fn remove(d: &Driver, id: &VolumeId) -> Result<()> {
     Ok(state::remove(&path(d, id))?)

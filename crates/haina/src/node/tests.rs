@@ -597,3 +597,26 @@ fn a_hang_at_any_step_is_reported_as_a_stall() {
         );
     }
 }
+
+/// Issue 10, item 3: `max_volumes_per_node` refuses the (N+1)th volume;
+/// restaging a staged one, and staging after an unstage, still work.
+#[test]
+fn the_attach_limit_refuses_one_volume_too_many() {
+    let mut n = Node::new();
+    n.d.max_volumes_per_node = 2;
+    let cap = fs_cap("ext4");
+    let ids: Vec<VolumeId> = ["v1", "v2", "v3"].iter().map(|v| n.create(v)).collect();
+    let at = |i: usize| format!("/kubelet/plugins/{i}");
+    n.stage(&ids[0], &at(0), &cap).unwrap();
+    n.stage(&ids[1], &at(1), &cap).unwrap();
+    let e = n.stage(&ids[2], &at(2), &cap).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+    assert!(e.to_string().contains("max_volumes_per_node"), "{e}");
+    assert_eq!(n.host.loop_devices().len(), 2, "nothing attached for v3");
+    n.stage(&ids[0], &at(0), &cap).unwrap();
+    n.unstage(&ids[1], &at(1)).unwrap();
+    n.stage(&ids[2], &at(2), &cap).unwrap();
+    n.unstage(&ids[0], &at(0)).unwrap();
+    n.unstage(&ids[2], &at(2)).unwrap();
+    n.assert_clean(0);
+}
