@@ -112,20 +112,21 @@ fn mount_options(
 }
 
 /// The node's record for a stage at `staging`, written durably before the
-/// first change when it is missing or stale.
+/// first change when it is missing or stale. The bool is true when this
+/// call created it (see [`forget_failed`]).
 fn ensure_record(
     d: &Driver,
     id: &VolumeId,
     staging: &Path,
     block: bool,
     view: &View,
-) -> Result<Staged> {
+) -> Result<(Staged, bool)> {
     let current = record::read(d, id)?;
     if let Some(r) = &current
         && r.staging == staging
         && r.block == block
     {
-        return Ok(r.clone());
+        return Ok((r.clone(), false));
     }
     // A new volume on this node takes one of its `max_volumes_per_node`
     // slots: counted and claimed under one lock, so two concurrent stages
@@ -144,6 +145,7 @@ fn ensure_record(
     }
     // A record for another path is stale only when nothing of the volume is
     // mounted any more (the decisions before refused the live cases).
+    let created = current.is_none();
     let mkfs_uuid = match current {
         Some(r) if view.held().next().is_none() || r.staging == staging => r.mkfs_uuid,
         _ => d.host.new_uuid()?,
@@ -154,7 +156,31 @@ fn ensure_record(
         mkfs_uuid,
     };
     record::write(d, id, &rec)?;
-    Ok(rec)
+    Ok((rec, created))
+}
+
+/// After a failed stage: a record this call created goes again when the
+/// failure left nothing of the volume on this node and no mkfs can have
+/// started (whose UUID the record must keep). Otherwise the CO's retry or
+/// unstage finds it. Keeps failed stages from holding attach-limit slots.
+fn forget_failed(
+    d: &Driver,
+    backend: &dyn Backend,
+    id: &VolumeId,
+    created: bool,
+    mkfs_ran: bool,
+    result: Result<()>,
+) -> Result<()> {
+    if let Err(e) = &result
+        && created
+        && !mkfs_ran
+        && !matches!(e, Error::Stalled(_))
+        && backend.attachment(id).ok().flatten().is_none()
+        && let Err(undo) = record::remove(d, id)
+    {
+        tracing::warn!(volume = %id, error = %undo, "removing the record of a failed stage");
+    }
+    result
 }
 
 /// Fails when the attachment's data path is dead or stalled: a stage or
@@ -292,11 +318,25 @@ fn stage_fs(
         }
         StageFs::Mount => {}
     }
-    let rec = ensure_record(d, id, staging, false, &view)?;
-    let att = backend.attach(id, secrets)?;
-    let staged = check_data_path(backend, id, &att)
-        .and_then(|()| mount_staging(d, backend, id, staging, staging_exists, &att, &rec, fs));
-    undo_attach(backend, id, &att, staged)
+    let (rec, created) = ensure_record(d, id, staging, false, &view)?;
+    let mut mkfs_ran = false;
+    let result = backend.attach(id, secrets).and_then(|att| {
+        let staged = check_data_path(backend, id, &att).and_then(|()| {
+            mount_staging(
+                d,
+                backend,
+                id,
+                staging,
+                staging_exists,
+                &att,
+                &rec,
+                fs,
+                &mut mkfs_ran,
+            )
+        });
+        undo_attach(backend, id, &att, staged)
+    });
+    forget_failed(d, backend, id, created, mkfs_ran, result)
 }
 
 /// Rolls back a new attachment when the stage failed after it.
@@ -328,6 +368,7 @@ fn mount_staging(
     att: &Attachment,
     rec: &Staged,
     fs: &FsRequest,
+    mkfs_ran: &mut bool,
 ) -> Result<()> {
     let host = d.host.as_ref();
     let dev = &att.device;
@@ -344,6 +385,7 @@ fn mount_staging(
     let mut plan = Plan::new();
     let found = match decide::format(&probe, sb.as_ref(), &rec.mkfs_uuid, fs.wanted, fs.explicit) {
         Format::Make => {
+            *mkfs_ran = true;
             plan.then_keep(Step::Mkfs {
                 dev: dev.clone(),
                 fs: fs.wanted,
@@ -460,23 +502,25 @@ fn stage_block(
         }
         StageBlock::Bind => {}
     }
-    ensure_record(d, id, staging, true, &view)?;
-    let att = backend.attach(id, secrets)?;
-    let staged = check_data_path(backend, id, &att).and_then(|()| {
-        let mut plan = Plan::new();
-        if !staging_exists {
-            plan.then(Step::CreateDir(staging.to_path_buf()));
-        }
-        if host.lstat(&file)?.is_none() {
-            plan.then(Step::CreateFile(file.clone()));
-        }
-        plan.then(Step::Bind {
-            source: att.device.clone(),
-            target: file.clone(),
+    let (_, created) = ensure_record(d, id, staging, true, &view)?;
+    let result = backend.attach(id, secrets).and_then(|att| {
+        let staged = check_data_path(backend, id, &att).and_then(|()| {
+            let mut plan = Plan::new();
+            if !staging_exists {
+                plan.then(Step::CreateDir(staging.to_path_buf()));
+            }
+            if host.lstat(&file)?.is_none() {
+                plan.then(Step::CreateFile(file.clone()));
+            }
+            plan.then(Step::Bind {
+                source: att.device.clone(),
+                target: file.clone(),
+            });
+            plan.execute(host)
         });
-        plan.execute(host)
+        undo_attach(backend, id, &att, staged)
     });
-    undo_attach(backend, id, &att, staged)
+    forget_failed(d, backend, id, created, false, result)
 }
 
 pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) -> Result<()> {

@@ -620,3 +620,25 @@ fn the_attach_limit_refuses_one_volume_too_many() {
     n.unstage(&ids[2], &at(2)).unwrap();
     n.assert_clean(0);
 }
+
+/// A stage that fails before anything is attached leaves no record behind
+/// (it would hold an attach-limit slot forever).
+#[test]
+fn a_stage_that_attaches_nothing_leaves_no_record() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.host.rule(
+        Rule::new(
+            |c| matches!(c, Call::LoopAttach(_)),
+            Action::Fail(Errno::NOENT),
+        )
+        .once(),
+    );
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap_err();
+    n.assert_clean(0);
+    // A volume that does not exist at all: NOT_FOUND, nothing left.
+    let gone = VolumeId::for_name(n.backend().name(), "never-created");
+    let e = n.stage(&gone, STAGE, &fs_cap("ext4")).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
+    n.assert_clean(0);
+}
