@@ -256,15 +256,15 @@ async fn a_stale_formatting_record_never_beats_someone_elses_filesystem() {
     // Node A is down. "Node B" (here: by hand) formats the volume and
     // writes data to it.
     let (dev, image) = loops_under(server.dir.path()).remove(0);
-    sh(&["losetup", "-d", &dev]);
-    let dev = sh(&["losetup", "-f", "--show", &image]);
+    detach_loop(&dev);
+    let dev = attach_loop(Path::new(&image));
     sh(&["mkfs.ext4", "-q", &dev]);
     let mnt = server.path("node-b");
     std::fs::create_dir_all(&mnt).unwrap();
-    sh(&["mount", &dev, mnt.to_str().unwrap()]);
+    sh(&["mount", "-t", "ext4", &dev, mnt.to_str().unwrap()]);
     write_synced(&mnt.join("precious"), "written on node B");
     sh(&["umount", mnt.to_str().unwrap()]);
-    sh(&["losetup", "-d", &dev]);
+    detach_loop(&dev);
 
     // Node A comes back and the pod is scheduled on it again.
     server.spawn_with_env(vec![]).await;

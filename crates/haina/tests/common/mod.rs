@@ -251,8 +251,27 @@ pub fn force_cleanup(root: &Path) {
         let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
     }
     for (dev, _) in loops_under(root) {
-        let _ = Command::new("losetup").args(["-d", &dev]).status();
+        detach_loop(&dev);
     }
+}
+
+/// Detaches `/dev/loopN` with our own ioctl: util-linux's `losetup` and
+/// `mount -o loop` query every loop device, and one over a stalled FUSE
+/// server (the stall tests make those) would hang them.
+pub fn detach_loop(dev: &str) {
+    if let Some(d) = haina_sys::loopdev::LoopDevice::from_path(Path::new(dev)) {
+        let _ = haina_sys::loopdev::detach(&d);
+    }
+}
+
+/// Attaches `image` to a free loop device (our ioctls, see [`detach_loop`]).
+pub fn attach_loop(image: &Path) -> String {
+    let opts = haina_sys::loopdev::AttachOptions::default();
+    haina_sys::loopdev::attach(image, &opts)
+        .unwrap()
+        .path()
+        .display()
+        .to_string()
 }
 
 fn test_root() -> PathBuf {
@@ -450,13 +469,16 @@ impl ScratchFs {
         assert!(ok.success(), "{mkfs:?} failed");
         let mount = dir.path().join("mnt");
         std::fs::create_dir(&mount).unwrap();
-        let ok = Command::new("mount")
-            .args(["-o", "loop"])
-            .arg(&img)
-            .arg(&mount)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting the scratch fs failed");
+        let dev = attach_loop(&img);
+        let fs_type = mkfs[0].strip_prefix("mkfs.").unwrap_or("ext4");
+        rustix::mount::mount(
+            dev.as_str(),
+            &mount,
+            fs_type,
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("mounting the scratch fs from {dev}: {e}"));
         Self { dir, mount }
     }
 
@@ -470,11 +492,11 @@ impl ScratchFs {
 impl Drop for ScratchFs {
     fn drop(&mut self) {
         for (dev, _) in loops_under(&self.mount) {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
+            detach_loop(&dev);
         }
-        let _ = Command::new("umount").arg(&self.mount).status();
+        let _ = rustix::mount::unmount(&self.mount, rustix::mount::UnmountFlags::empty());
         for (dev, _) in loops_under(self.dir.path()) {
-            let _ = Command::new("losetup").args(["-d", &dev]).status();
+            detach_loop(&dev);
         }
     }
 }
