@@ -20,6 +20,12 @@ pub enum Error {
     /// Another operation on the same object is in flight; the CO retries.
     Aborted(String),
     Unimplemented(String),
+    /// A backend the call needs cannot be reached right now (e.g. no Ceph
+    /// monitor answers); the CO retries.
+    Unavailable(String),
+    /// The credentials the call carries (or the pool's configured ones) were
+    /// refused; retrying with the same ones cannot help.
+    Unauthenticated(String),
     Internal {
         context: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -49,6 +55,8 @@ impl Error {
             Self::ResourceExhausted(m) => Self::ResourceExhausted(format!("{what}: {m}")),
             Self::Aborted(m) => Self::Aborted(format!("{what}: {m}")),
             Self::Unimplemented(m) => Self::Unimplemented(format!("{what}: {m}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{what}: {m}")),
+            Self::Unauthenticated(m) => Self::Unauthenticated(format!("{what}: {m}")),
             Self::Internal { context, source } => Self::Internal {
                 context: format!("{what}: {context}"),
                 source,
@@ -66,6 +74,8 @@ impl Error {
             Self::ResourceExhausted(_) => tonic::Code::ResourceExhausted,
             Self::Aborted(_) => tonic::Code::Aborted,
             Self::Unimplemented(_) => tonic::Code::Unimplemented,
+            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Self::Internal { .. } => tonic::Code::Internal,
         }
     }
@@ -81,7 +91,9 @@ impl fmt::Display for Error {
             | Self::OutOfRange(m)
             | Self::ResourceExhausted(m)
             | Self::Aborted(m)
-            | Self::Unimplemented(m) => f.write_str(m),
+            | Self::Unimplemented(m)
+            | Self::Unavailable(m)
+            | Self::Unauthenticated(m) => f.write_str(m),
             Self::Internal { context, source } => write!(f, "{context}: {source}"),
         }
     }

@@ -233,6 +233,7 @@ fn start_server(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<(), At
     let mut cmd = Command::new(exe);
     cmd.arg("rbd-fuse")
         .args(["--pool", target.rados_pool, "--image", target.image])
+        .args(["--namespace", target.namespace])
         .arg("--mountpoint")
         .arg(&paths.mountpoint)
         .args(["--user", target.user, "--node-id", target.node_id])

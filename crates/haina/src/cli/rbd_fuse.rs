@@ -44,6 +44,9 @@ pub struct Args {
     /// RADOS pool of the image.
     #[arg(long)]
     pub pool: String,
+    /// RBD namespace of the image (empty: the pool's default namespace).
+    #[arg(long, default_value = "")]
+    pub namespace: String,
     /// RBD image name.
     #[arg(long)]
     pub image: String,
@@ -130,14 +133,14 @@ fn read_key() -> Result<Secret, BoxError> {
 
 fn serve(args: Args) -> Result<(), BoxError> {
     let key = read_key()?;
-    let spec = format!("{}/{}", args.pool, args.image);
+    let spec = crate::attach::image_spec(&args.pool, &args.namespace, &args.image);
     let mut opts = ConnectOpts::new(args.mon_host.clone(), args.user.clone(), key);
     opts.conf_file = args.ceph_conf.clone();
     // The data path never gives up on a slow cluster (like krbd): no
     // operation timeouts, librados' own connect timeout.
     opts.timeout = Duration::ZERO;
     let cluster = Cluster::connect(&opts)?;
-    let io = cluster.ioctx(&args.pool)?;
+    let io = cluster.ioctx_in(&args.pool, &args.namespace)?;
     let opened = if args.mode.read_only() {
         io.open_read_only(&args.image)
     } else {
