@@ -168,7 +168,12 @@ async fn rbd_reads_without_credentials_fail_precondition() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.entries.iter().any(|e| e.snapshot.as_ref().unwrap().snapshot_id == snap));
+    assert!(
+        listed
+            .entries
+            .iter()
+            .any(|e| e.snapshot.as_ref().unwrap().snapshot_id == snap)
+    );
 
     // And a controller with a keyring answers the secret-less calls.
     let k = Plugin::start_with_keyring(&ceph, "controller").await;
@@ -188,7 +193,11 @@ async fn rbd_reads_without_credentials_fail_precondition() {
         .await
         .unwrap()
         .into_inner();
-    assert!(all.entries.iter().any(|e| e.volume.as_ref().unwrap().volume_id == id));
+    assert!(
+        all.entries
+            .iter()
+            .any(|e| e.volume.as_ref().unwrap().volume_id == id)
+    );
 
     c.controller
         .delete_snapshot(csi::DeleteSnapshotRequest {
@@ -208,7 +217,10 @@ async fn rbd_concurrent_requests_use_their_own_credentials() {
     let Some(ceph) = Ceph::from_env("rbd_concurrent_requests_use_their_own_credentials") else {
         return;
     };
-    let ro_key = ceph.user("haina-ro", &format!("profile rbd-read-only pool={}", ceph.pool));
+    let ro_key = ceph.user(
+        "haina-ro",
+        &format!("profile rbd-read-only pool={}", ceph.pool),
+    );
     let p = Plugin::start(&ceph, "controller").await;
     let mut c = p.clients().await;
     let a = create_vol(&ceph, &mut c, &p.unique("pvc-writer")).await;
@@ -273,10 +285,9 @@ async fn rbd_concurrent_requests_use_their_own_credentials() {
             );
         }
     }
-    let img = ceph.connect().open_read_only(&format!(
-        "csi-vol-{}",
-        b.split_once('.').unwrap().1
-    ));
+    let img = ceph
+        .connect()
+        .open_read_only(&format!("csi-vol-{}", b.split_once('.').unwrap().1));
     let pubs = img
         .unwrap()
         .metadata_list()
@@ -343,12 +354,22 @@ async fn rbd_unreachable_monitors_are_unavailable_and_probe_not_ready() {
     let start = Instant::now();
     let m = expect_code(
         c.controller
-            .create_volume(create(&ceph, "dead", &p.unique("pvc-dead"), 16 * MIB, ext4()))
+            .create_volume(create(
+                &ceph,
+                "dead",
+                &p.unique("pvc-dead"),
+                16 * MIB,
+                ext4(),
+            ))
             .await,
         Code::Unavailable,
     );
     assert!(m.contains("127.0.0.1:1"), "{m}");
-    assert!(start.elapsed() < Duration::from_secs(9), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
     // The healthy pool next to it works.
     let id = create_vol(&ceph, &mut c, &p.unique("pvc-alive")).await;
     delete(&ceph, &mut c, &id).await;

@@ -101,7 +101,11 @@ impl Ceph {
     /// A keyring file for the test user, written into `dir`.
     pub fn write_keyring(&self, dir: &Path) -> PathBuf {
         let p = dir.join("ceph.keyring");
-        std::fs::write(&p, format!("[client.{}]\n\tkey = {}\n", self.user, self.key)).unwrap();
+        std::fs::write(
+            &p,
+            format!("[client.{}]\n\tkey = {}\n", self.user, self.key),
+        )
+        .unwrap();
         p
     }
 
@@ -111,7 +115,17 @@ impl Ceph {
         let admin = std::env::var("HAINA_CEPH_ADMIN_KEYRING")
             .expect("HAINA_CEPH_ADMIN_KEYRING (from `scripts/ceph/cluster.sh env DIR`)");
         let out = Command::new("timeout")
-            .args(["30", "ceph", "-c", "/dev/null", "-m", &self.mon, "-n", "client.admin", "-k"])
+            .args([
+                "30",
+                "ceph",
+                "-c",
+                "/dev/null",
+                "-m",
+                &self.mon,
+                "-n",
+                "client.admin",
+                "-k",
+            ])
             .arg(&admin)
             .args(["auth", "get-or-create", &format!("client.{name}")])
             .args(["mon", "profile rbd", "osd", osd_caps])
