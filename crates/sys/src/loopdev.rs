@@ -252,6 +252,10 @@ struct Wanted {
     path: PathBuf,
     dev: u64,
     ino: u64,
+    /// Mount points of FUSE filesystems: another device's backing file
+    /// under one is never stat'ed (a stopped FUSE server would hang the
+    /// stat, and with it every lookup of every pool on the node).
+    fuse: Vec<PathBuf>,
 }
 
 impl Wanted {
@@ -262,6 +266,15 @@ impl Wanted {
                 path,
                 dev: meta.dev(),
                 ino: meta.ino(),
+                fuse: crate::mountinfo::MountTable::read()
+                    .map(|t| {
+                        t.entries
+                            .into_iter()
+                            .filter(|e| e.fs_type == "fuse" || e.fs_type.starts_with("fuse."))
+                            .map(|e| e.mount_point)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(LoopError::Backing {
@@ -274,8 +287,13 @@ impl Wanted {
     /// Whether a backing path from sysfs names this file (directly, or via
     /// another path to the same inode).
     fn is(&self, backing: &Path) -> bool {
-        backing == self.path
-            || fs::metadata(backing).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        if backing == self.path {
+            return true;
+        }
+        if self.fuse.iter().any(|m| backing.starts_with(m)) {
+            return false;
+        }
+        fs::metadata(backing).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
     }
 
     fn served_by(&self, dev: &LoopDevice) -> bool {

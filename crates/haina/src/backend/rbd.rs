@@ -1098,6 +1098,14 @@ impl Backend for RbdPool {
     fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment> {
         self.own(id)?;
         if let Some(a) = self.attachment(id)? {
+            // Never answer OK over a dead or stalled data path.
+            if let Some(reason) = self.data_path_health(id, &a) {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is attached at {} but {reason}; unstage it (NodeUnstageVolume) \
+                     to tear it down, then stage it again",
+                    a.device.display()
+                )));
+            }
             return Ok(a);
         }
         let mounter = self.mounter.resolve()?;
@@ -1168,6 +1176,26 @@ impl Backend for RbdPool {
     fn detach(&self, id: &VolumeId) -> Result<()> {
         self.own(id)?;
         attach::fuse::detach(&self.fuse_paths(id))?;
+        if let Some(a) = self.kernel_attachment(id) {
+            let image = a.backing.rsplit('/').next().unwrap_or_default().to_string();
+            match a.mounter {
+                "krbd" => attach::krbd::detach(self.rados_pool(), self.namespace(), &image)?,
+                _ => attach::nbd::detach(self.rados_pool(), self.namespace(), &image)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn data_path_health(&self, id: &VolumeId, att: &Attachment) -> Option<String> {
+        // krbd and rbd-nbd are served by the kernel or their own daemon.
+        (att.mounter == "fuse")
+            .then(|| attach::fuse::health(&self.fuse_paths(id)))
+            .flatten()
+    }
+
+    fn force_detach(&self, id: &VolumeId) -> Result<()> {
+        self.own(id)?;
+        attach::fuse::force_detach(&self.fuse_paths(id))?;
         if let Some(a) = self.kernel_attachment(id) {
             let image = a.backing.rsplit('/').next().unwrap_or_default().to_string();
             match a.mounter {

@@ -189,7 +189,8 @@ impl Node for NodeService {
             let backend = d.pool_of(&id)?;
             // NodeGetVolumeStats carries no secrets.
             let att = known_here(backend.as_ref(), &id, &Secrets::default())?;
-            let s = ops::stats(&id, &path, att)?;
+            let unhealthy = att.as_ref().and_then(|a| backend.data_path_health(&id, a));
+            let s = ops::stats(&id, &path, att, unhealthy)?;
             let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
                 available: available as i64,
                 total: total as i64,

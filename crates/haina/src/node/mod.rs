@@ -212,6 +212,16 @@ pub fn stage(
 ) -> Result<()> {
     backend.check_capability(req.capability)?;
     let att = backend.attach(req.volume_id, secrets)?;
+    if !att.newly_attached
+        && let Some(reason) = backend.data_path_health(req.volume_id, &att)
+    {
+        return Err(Error::FailedPrecondition(format!(
+            "volume {} is attached at {} but its data path is not healthy: {reason}; unstage it \
+             to tear it down",
+            req.volume_id,
+            att.device.display()
+        )));
+    }
     match mount_staging(d, backend, req, &att) {
         // Roll back what this call did; report both errors if that fails too.
         Err(e) if att.newly_attached => match backend.detach(req.volume_id) {
@@ -414,18 +424,54 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
                     .join(", ")
             )));
         }
-        for e in table.all_at(staging).into_iter().rev() {
-            if !is_dev(e, dev) {
-                return Err(Error::FailedPrecondition(format!(
-                    "staging_target_path {} has a foreign mount of {}",
-                    staging.display(),
-                    e.source
-                )));
+        let mounted = table.all_at(staging);
+        if let Some(e) = mounted.iter().find(|e| !is_dev(e, dev)) {
+            return Err(Error::FailedPrecondition(format!(
+                "staging_target_path {} has a foreign mount of {}",
+                staging.display(),
+                e.source
+            )));
+        }
+        // The unmount flushes through the data path, so it runs under a
+        // deadline. One that stalls fails this call; the retry, finding it
+        // still stuck, forces the teardown (lazy unmount + force_detach).
+        // A data path found dead (the unmount then fails its writes fast)
+        // is force-detached after the unmount.
+        let mut force = backend.data_path_health(id, &att);
+        for _ in mounted {
+            let target = staging.to_path_buf();
+            match haina_sys::deadline::run(
+                format!("umount {}", staging.display()),
+                haina_sys::deadline::Deadline::Mount,
+                move || mount::unmount(&target),
+            ) {
+                Ok(r) => r.map_err(sys("unmounting the staging path"))?,
+                Err(stalled) if stalled.stuck_for.is_none() => {
+                    return Err(Error::Unavailable(format!(
+                        "volume {id}: {stalled}; its data path is stuck ({}); retry \
+                         NodeUnstageVolume to force it down (data not yet written is lost)",
+                        backend
+                            .data_path_health(id, &att)
+                            .unwrap_or_else(|| "no reason known".into())
+                    )));
+                }
+                Err(stalled) => {
+                    tracing::warn!(volume = %id, error = %stalled, "forcing the unstage");
+                    mount::unmount_lazy(staging)
+                        .map_err(sys("lazily unmounting the staging path"))?;
+                    force.get_or_insert_with(|| stalled.to_string());
+                    break;
+                }
             }
-            mount::unmount(staging).map_err(sys("unmounting the staging path"))?;
         }
         failpoint::hit("unstage-before-detach")?;
-        backend.detach(id)?;
+        match force {
+            Some(reason) => {
+                tracing::warn!(volume = %id, reason, "force-detaching the volume");
+                backend.force_detach(id)?;
+            }
+            None => backend.detach(id)?,
+        }
     } else if let Some(e) = table.at(staging) {
         return Err(Error::FailedPrecondition(format!(
             "staging_target_path {} has {} mounted, but volume {id} is not attached here",
@@ -584,8 +630,23 @@ pub struct Stats {
     pub abnormal: Option<String>,
 }
 
-/// `att` is the volume's attachment on this node, as the caller found it.
-pub fn stats(id: &VolumeId, path: &Path, att: Option<Attachment>) -> Result<Stats> {
+/// `att` is the volume's attachment on this node, as the caller found it,
+/// and `unhealthy` what its pool says is wrong with its data path: then
+/// nothing is looked at through it (that could hang) and the volume is
+/// reported abnormal.
+pub fn stats(
+    id: &VolumeId,
+    path: &Path,
+    att: Option<Attachment>,
+    unhealthy: Option<String>,
+) -> Result<Stats> {
+    if let Some(reason) = unhealthy {
+        return Ok(Stats {
+            bytes: (0, 0, 0),
+            inodes: None,
+            abnormal: Some(format!("volume {id}: {reason}")),
+        });
+    }
     let meta = fs::metadata(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => {
             Error::NotFound(format!("volume_path {} does not exist", path.display()))
