@@ -263,6 +263,7 @@ fn_table! {
         fn rbd_is_exclusive_lock_owner(image: RbdImageT, is_owner: *mut c_int) -> c_int;
         fn rbd_lock_acquire(image: RbdImageT, lock_mode: c_int) -> c_int;
         fn rbd_lock_release(image: RbdImageT) -> c_int;
+        fn rbd_lock_break(image: RbdImageT, lock_mode: c_int, lock_owner: *const c_char) -> c_int;
         fn rbd_lock_get_owners(image: RbdImageT, lock_mode: *mut c_int, lock_owners: *mut *mut c_char, max_lock_owners: *mut usize) -> c_int;
         fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, lock_owner_count: usize);
         fn rbd_read(image: RbdImageT, ofs: u64, len: usize, buf: *mut c_char) -> isize;

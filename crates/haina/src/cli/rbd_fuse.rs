@@ -177,13 +177,30 @@ fn serve(args: Args) -> Result<(), BoxError> {
         // librbd during the acquire.
         let owners = image.lock_get_owners().ok().flatten();
         let watchers = image.list_watchers().unwrap_or_default();
+        // This node's own previous server (killed, or force-detached) still
+        // watches until its watch times out; the plugin starts a server only
+        // once the previous one is gone, so its lock is broken (and its
+        // client blocklisted) instead of waiting out the watch.
+        let own_previous = image
+            .metadata_get(&format!("{ATTACH_PREFIX}{}", args.node_id))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_str::<AttachRecord>(&v).ok())
+            .map(|r| r.addr)
+            .filter(|a| !a.is_empty());
         if let Some(o) = owners {
             let live: Vec<&String> = o
                 .owners
                 .iter()
                 .filter(|a| watchers.iter().any(|w| &&w.addr == a))
                 .collect();
-            if !live.is_empty() {
+            if !live.is_empty() && live.iter().all(|a| Some(*a) == own_previous.as_ref()) {
+                for a in &live {
+                    tracing::warn!(image = %spec, owner = %a,
+                        "breaking the lock of this node's previous (dead) server");
+                    image.lock_break_exclusive(a)?;
+                }
+            } else if !live.is_empty() {
                 return Err(refuse(
                     EXIT_LOCK_HELD,
                     format!(

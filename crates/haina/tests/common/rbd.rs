@@ -192,6 +192,8 @@ pub struct Plugin {
     services: String,
     /// Extra environment for the process (e.g. `HAINA_FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// A command the process runs under (e.g. `unshare -m`), if any.
+    pub wrap: Vec<String>,
     child: Option<Child>,
 }
 
@@ -248,6 +250,7 @@ impl Plugin {
             dir,
             node_id,
             services: services.into(),
+            wrap: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -283,7 +286,15 @@ impl Plugin {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haina"))
+        let mut cmd = match self.wrap.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_haina")),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_haina"));
+                c
+            }
+        };
+        let child = cmd
             .args(["serve", "--endpoint"])
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--node-id", &self.node_id, "--services", &self.services])
@@ -303,6 +314,11 @@ impl Plugin {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of the running process.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     pub async fn clients(&self) -> Clients {
