@@ -344,9 +344,21 @@ async fn rbd_unreachable_monitors_are_unavailable_and_probe_not_ready() {
     else {
         return;
     };
-    // Port 1 on loopback: nothing listens there.
+    // Port 1 on loopback: nothing listens there. And a "monitor" whose
+    // kernel accepts connections but which never answers (a hung one).
+    let hung = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in hung.incoming().flatten() {
+            held.push(s);
+        }
+    });
     let config = ceph.config()
-        + "[pools.dead]\nkind = \"rbd\"\nmonitors = [\"127.0.0.1:1\"]\nrados_pool = \"haina\"\n";
+        + "[pools.dead]\nkind = \"rbd\"\nmonitors = [\"127.0.0.1:1\"]\nrados_pool = \"haina\"\n"
+        + &format!(
+            "[pools.hung]\nkind = \"rbd\"\nmonitors = [\"{hung_addr}\"]\nrados_pool = \"haina\"\n"
+        );
     let p = Plugin::start_with_config(&ceph, "controller", &[], &config).await;
     let mut c = p.clients().await;
     let probe = c.identity.probe(csi::ProbeRequest {}).await.unwrap();
@@ -370,6 +382,39 @@ async fn rbd_unreachable_monitors_are_unavailable_and_probe_not_ready() {
         "{:?}",
         start.elapsed()
     );
+    let start = Instant::now();
+    let m = expect_code(
+        c.controller
+            .create_volume(create(
+                &ceph,
+                "hung",
+                &p.unique("pvc-hung"),
+                16 * MIB,
+                ext4(),
+            ))
+            .await,
+        Code::Unavailable,
+    );
+    assert!(
+        m.contains(&hung_addr.to_string()) && m.contains("no banner"),
+        "{m}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(9),
+        "{:?}",
+        start.elapsed()
+    );
+    // Probe stays fast while it is so (its answer is cached briefly).
+    for _ in 0..3 {
+        let start = Instant::now();
+        let probe = c.identity.probe(csi::ProbeRequest {}).await.unwrap();
+        assert_eq!(probe.into_inner().ready, Some(false));
+        assert!(
+            start.elapsed() < Duration::from_secs(9),
+            "{:?}",
+            start.elapsed()
+        );
+    }
     // The healthy pool next to it works.
     let id = create_vol(&ceph, &mut c, &p.unique("pvc-alive")).await;
     delete(&ceph, &mut c, &id).await;

@@ -20,8 +20,9 @@
 //! Failing to connect is told apart, because librados 16 cannot tell: over
 //! msgr2 a wrong key and unreachable monitors both end in ETIMEDOUT once
 //! `client_mount_timeout` has passed (msgr1 answers EACCES at once). So the
-//! monitors are first probed with a short TCP connect: none answering is
-//! UNAVAILABLE at once; monitors that accept connections but do not
+//! monitors are first probed with a short TCP connect that waits for the
+//! daemon's banner (sent before any authentication): none answering is
+//! UNAVAILABLE at once; monitors that greet us but do not
 //! authenticate us within [`CONNECT_TIMEOUT`] (or an EACCES) mean the
 //! credentials were refused: UNAUTHENTICATED, remembered for
 //! [`REFUSED_FOR`] so that every later call with the same key fails at once
@@ -52,8 +53,10 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const OP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long refused credentials are answered from memory.
 pub const REFUSED_FOR: Duration = Duration::from_secs(15);
-/// The TCP connect probe of one monitor.
+/// The TCP connect, and then the wait for the banner, of one monitor address.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
+/// The whole monitor probe.
+const PROBE_BOUND: Duration = Duration::from_millis(3500);
 
 /// Who to authenticate as.
 #[derive(Clone, PartialEq, Eq)]
@@ -360,43 +363,94 @@ enum Probe {
     Unreachable(String),
 }
 
-/// TCP-connects to the monitors, at most [`PROBE_TIMEOUT`] each, and stops
-/// at the first that accepts. Never blocks longer than the monitors' count
-/// times that (name resolution included, which runs under a deadline).
+/// Probes every address of every monitor at once (a TCP connect and the
+/// daemon's banner, at most [`PROBE_TIMEOUT`] each) and answers at the
+/// first that greets us, or once all failed; never later than
+/// [`PROBE_BOUND`] (name resolution included).
 fn probe_monitors(monitors: &[String]) -> Probe {
     if monitors.is_empty() {
         return Probe::Unknown;
     }
-    let mut failures = Vec::new();
+    let (tx, rx) = std::sync::mpsc::channel::<std::result::Result<String, String>>();
+    let mut pending = 0usize;
     for m in monitors {
-        let name = m.clone();
-        let resolved = haina_sys::deadline::run_for(
-            format!("resolving Ceph monitor {m}"),
-            PROBE_TIMEOUT,
-            move || {
-                name.to_socket_addrs()
-                    .map(|a| a.collect::<Vec<SocketAddr>>())
-            },
-        );
-        let addrs = match resolved {
-            Ok(Ok(a)) => a,
+        let (m, tx) = (m.clone(), tx.clone());
+        pending += 1;
+        let spawned = std::thread::Builder::new()
+            .name("mon-probe".into())
+            .spawn(move || match m.to_socket_addrs() {
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{m}: {e}")));
+                }
+                Ok(addrs) => {
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    let workers: Vec<_> = addrs
+                        .into_iter()
+                        .map(|a| {
+                            let m = m.clone();
+                            std::thread::spawn(move || match greets(&a) {
+                                Ok(()) => Ok(m),
+                                Err(e) => Err(format!("{a}: {e}")),
+                            })
+                        })
+                        .collect();
+                    let mut errors = Vec::new();
+                    for w in workers {
+                        match w.join() {
+                            Ok(Ok(m)) => {
+                                let _ = tx.send(Ok(m));
+                                return;
+                            }
+                            Ok(Err(e)) => errors.push(e),
+                            Err(_) => errors.push(format!("{m}: probe panicked")),
+                        }
+                    }
+                    let _ = tx.send(Err(errors.join("; ")));
+                }
+            });
+        if spawned.is_err() {
+            pending -= 1;
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + PROBE_BOUND;
+    let mut failures = Vec::new();
+    while pending > 0 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(Ok(m)) => return Probe::Reachable(m),
             Ok(Err(e)) => {
-                failures.push(format!("{m}: {e}"));
-                continue;
+                failures.push(e);
+                pending -= 1;
             }
-            Err(e) => {
-                failures.push(format!("{m}: {e}"));
-                continue;
-            }
-        };
-        for a in addrs {
-            match TcpStream::connect_timeout(&a, PROBE_TIMEOUT) {
-                Ok(_) => return Probe::Reachable(m.clone()),
-                Err(e) => failures.push(format!("{a}: {e}")),
+            Err(_) => {
+                failures.push(format!("no answer within {PROBE_BOUND:?}"));
+                break;
             }
         }
     }
     Probe::Unreachable(failures.join("; "))
+}
+
+/// Whether a Ceph daemon answers at `addr`: it accepts a TCP connection
+/// and sends its banner (`ceph v2` for msgr2, `ceph v027` for msgr1) at
+/// once, before any authentication. A hung monitor whose kernel still
+/// accepts connections sends nothing.
+fn greets(addr: &SocketAddr) -> std::io::Result<()> {
+    use std::io::Read;
+    let mut s = TcpStream::connect_timeout(addr, PROBE_TIMEOUT)?;
+    s.set_read_timeout(Some(PROBE_TIMEOUT))?;
+    let mut banner = [0u8; 6];
+    match s.read_exact(&mut banner) {
+        Ok(()) if &banner == b"ceph v" => Ok(()),
+        Ok(()) => Err(std::io::Error::other(
+            "accepted the connection but is not a Ceph daemon",
+        )),
+        Err(e) => Err(std::io::Error::new(
+            e.kind(),
+            format!("accepted the connection but sent no banner ({e})"),
+        )),
+    }
 }
 
 /// `host:port` of each monitor in a `mon_host` value. Understands plain
