@@ -756,6 +756,10 @@ mod tests {
             MountState::Foreign(_)
         ));
         assert_eq!(mount_state(&t, Path::new("/d/rbd/p/v3")), MountState::None);
+        // The FUSE connection is named by the mount's minor, ours only.
+        assert_eq!(connection_id(&t, Path::new("/d/rbd/p/v1")), Some(60));
+        assert_eq!(connection_id(&t, Path::new("/d/rbd/p/v2")), None);
+        assert_eq!(connection_id(&t, Path::new("/d/rbd/p/v3")), None);
     }
 
     #[test]
