@@ -156,8 +156,10 @@ fn serve(args: Args) -> Result<(), BoxError> {
     let mut opts = ConnectOpts::new(args.mon_host.clone(), args.user.clone(), key);
     opts.conf_file = args.ceph_conf.clone();
     // The data path never gives up on a slow cluster (like krbd): no
-    // operation timeouts, librados' own connect timeout.
+    // operation timeouts. Connecting is bounded (the plugin has just
+    // connected with the same credentials, and waits for us).
     opts.timeout = Duration::ZERO;
+    opts.connect_timeout = Some(Duration::from_secs(30));
     let cluster = Cluster::connect(&opts)?;
     let io = cluster.ioctx_in(&args.pool, &args.namespace)?;
     let opened = if args.mode.read_only() {
