@@ -11,8 +11,13 @@
 //! kind = "rbd"
 //! monitors = ["10.0.0.1:6789"]
 //! rados_pool = "kube"
+//! # namespace = "ceph"          # RBD namespace; default: the pool's name
 //! mounter = "auto"              # auto | krbd | nbd | fuse
 //! ```
+//!
+//! Two RBD pools never share images: each works in its own RBD namespace
+//! of its RADOS pool, and a config where two of them resolve to the same
+//! cluster, RADOS pool and namespace is refused at load.
 //!
 //! With no config file at all haina runs on the embedded default: one local
 //! pool named `default` under `--data-dir`.
@@ -58,6 +63,10 @@ pub struct RbdConfig {
     pub monitors: Vec<String>,
     pub ceph_conf: Option<PathBuf>,
     pub rados_pool: String,
+    /// The RBD namespace of the pool's images inside `rados_pool`; default
+    /// the haina pool's name. `""` is the RADOS pool's default namespace
+    /// (where images made before namespaces live).
+    pub namespace: Option<String>,
     #[serde(default)]
     pub image_features: Vec<String>,
     #[serde(default = "auto")]
@@ -68,6 +77,67 @@ pub struct RbdConfig {
     /// Flatten a clone once its chain of parents is this deep.
     #[serde(default = "clone_depth")]
     pub clone_depth_limit: u32,
+}
+
+impl RbdConfig {
+    /// The RBD namespace of pool `name`: the configured one, else `name`.
+    pub fn namespace_for(&self, name: &PoolName) -> String {
+        self.namespace
+            .clone()
+            .unwrap_or_else(|| name.as_str().to_string())
+    }
+
+    /// What identifies the images' home: the cluster (its sorted monitors,
+    /// else its ceph.conf), the RADOS pool and the namespace.
+    fn home(&self, name: &PoolName) -> (String, String, String) {
+        let cluster = if self.monitors.is_empty() {
+            self.ceph_conf
+                .as_ref()
+                .map(|p| {
+                    let p = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+                    format!("ceph_conf {}", p.display())
+                })
+                .unwrap_or_default()
+        } else {
+            let mut m: Vec<String> = self
+                .monitors
+                .iter()
+                .flat_map(|m| crate::backend::rbd::conn::parse_mon_host(m))
+                .collect();
+            m.sort();
+            m.dedup();
+            format!("monitors {}", m.join(","))
+        };
+        (cluster, self.rados_pool.clone(), self.namespace_for(name))
+    }
+}
+
+/// Refuses two RBD pools whose images would share one home: each would
+/// list, and could delete, the other's volumes.
+fn check_rbd_homes(pools: &BTreeMap<PoolName, PoolConfig>) -> Result<()> {
+    let mut seen: BTreeMap<(String, String, String), &PoolName> = BTreeMap::new();
+    for (name, pc) in pools {
+        let PoolConfig::Rbd(r) = pc else { continue };
+        if let Some(ns) = &r.namespace
+            && !ns
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "pool {name}: namespace {ns:?} may only contain letters, digits, '-', '_' and '.'"
+            )));
+        }
+        let home = r.home(name);
+        if let Some(other) = seen.insert(home.clone(), name) {
+            let (cluster, rados_pool, ns) = home;
+            return Err(Error::InvalidArgument(format!(
+                "pools {other} and {name} both keep their images in RADOS pool {rados_pool:?}, \
+                 namespace {ns:?} of the cluster at {cluster}: they would see and delete each \
+                 other's volumes; give one of them another `namespace`"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn yes() -> bool {
@@ -100,6 +170,7 @@ impl Config {
                 }),
             );
         }
+        check_rbd_homes(&cfg.pools)?;
         if let Some(d) = &cfg.default_pool
             && !cfg.pools.contains_key(d)
         {
@@ -164,5 +235,49 @@ mod tests {
         assert!(e.to_string().contains("paht"), "{e}");
         assert!(Config::parse("[pools.a]\nkind = \"nfs\"\n").is_err());
         assert!(Config::parse("[pools.Bad]\nkind = \"local\"\n").is_err());
+    }
+
+    #[test]
+    fn rbd_pools_sharing_a_namespace_are_refused() {
+        let load = |text: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("c.toml");
+            std::fs::write(&p, text).unwrap();
+            Config::load(Some(&p))
+        };
+        let pool = |name: &str, mons: &str, extra: &str| {
+            format!(
+                "[pools.{name}]\nkind = \"rbd\"\nmonitors = [{mons}]\nrados_pool = \"kube\"\n{extra}"
+            )
+        };
+        // Two pools on one RADOS pool: each in its own namespace by default.
+        let ok = pool("a", "\"10.0.0.1:3300\"", "") + &pool("b", "\"10.0.0.1:3300\"", "");
+        let c = load(&ok).unwrap();
+        let PoolConfig::Rbd(a) = &c.pools[&PoolName::parse("a").unwrap()] else {
+            panic!()
+        };
+        assert_eq!(a.namespace_for(&PoolName::parse("a").unwrap()), "a");
+        // The same namespace named twice (monitors listed in another order).
+        let dup = pool(
+            "a",
+            "\"10.0.0.1:3300\", \"10.0.0.2:3300\"",
+            "namespace = \"x\"\n",
+        ) + &pool(
+            "b",
+            "\"10.0.0.2:3300,10.0.0.1:3300\"",
+            "namespace = \"x\"\n",
+        );
+        let e = load(&dup).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        let m = e.to_string();
+        assert!(m.contains("pools a and b") && m.contains("\"x\""), "{m}");
+        // One pool naming the other's default namespace.
+        let dup = pool("a", "\"10.0.0.1\"", "") + &pool("b", "\"10.0.0.1\"", "namespace = \"a\"\n");
+        assert!(load(&dup).is_err());
+        // Another cluster may use the same names.
+        let other = pool("a", "\"10.0.0.1\"", "namespace = \"x\"\n")
+            + &pool("b", "\"10.9.9.9\"", "namespace = \"x\"\n");
+        load(&other).unwrap();
+        assert!(load(&pool("a", "\"10.0.0.1\"", "namespace = \"a/b\"\n")).is_err());
     }
 }

@@ -115,7 +115,6 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     let params = Params::parse(&req.parameters)?;
     let backend = d.pool_named(params.pool.as_deref())?;
     check_capabilities(backend.as_ref(), &req.capabilities)?;
-    backend.use_secrets(secrets)?;
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
         && !t.requisite.is_empty()
@@ -137,7 +136,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
             .any(|c| matches!(&c.access, AccessType::Mount { fs_type, .. } if fs_type == "xfs"));
     let mut minimum = if wants_xfs { XFS_MIN } else { 0 };
     if let Some(src) = &req.source {
-        let src_size = source_size(d, src)?;
+        let src_size = source_size(d, src, secrets)?;
         if req.limit_bytes > 0 && (req.limit_bytes as u64) < src_size {
             return Err(Error::OutOfRange(format!(
                 "capacity_range.limit_bytes {} is smaller than the source's {src_size} bytes",
@@ -163,7 +162,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
         context.insert(LOCAL_NODE_KEY.into(), node);
     }
 
-    if let Some(existing) = backend.get_volume(&id)? {
+    if let Some(existing) = backend.get_volume(&id, secrets)? {
         let compatible = existing.name == req.name
             && fits_range(existing.capacity, req.required_bytes, req.limit_bytes)
             && existing.source == req.source
@@ -186,19 +185,19 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     backend.create_volume(&spec, secrets)
 }
 
-fn source_size(d: &Driver, src: &ContentSource) -> Result<u64> {
+fn source_size(d: &Driver, src: &ContentSource, secrets: &Secrets) -> Result<u64> {
     match src {
         ContentSource::Snapshot(raw) => {
             let field = "volume_content_source.snapshot.snapshot_id";
             let id = SnapshotId::parse_existing(field, raw)?;
-            let snap = d.pool_of(&id)?.get_snapshot(&id)?;
+            let snap = d.pool_of(&id)?.get_snapshot(&id, secrets)?;
             snap.map(|s| s.size)
                 .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
         }
         ContentSource::Volume(raw) => {
             let field = "volume_content_source.volume.volume_id";
             let id = VolumeId::parse_existing(field, raw)?;
-            let vol = d.pool_of(&id)?.get_volume(&id)?;
+            let vol = d.pool_of(&id)?.get_volume(&id, secrets)?;
             vol.map(|v| v.capacity)
                 .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
         }
@@ -238,11 +237,12 @@ pub fn existing_volume<'d>(
     d: &'d Driver,
     field: &str,
     raw_id: &str,
+    secrets: &Secrets,
 ) -> Result<(VolumeId, &'d crate::backend::SharedBackend, Volume)> {
     let id = VolumeId::parse_existing(field, raw_id)?;
     let backend = d.pool_of(&id)?;
     let vol = backend
-        .get_volume(&id)?
+        .get_volume(&id, secrets)?
         .ok_or_else(|| Error::NotFound(format!("{field} {raw_id} does not exist")))?;
     Ok((id, backend, vol))
 }
@@ -299,7 +299,6 @@ pub fn publish_volume(
     let id = VolumeId::parse_existing("volume_id", &req.volume_id)?;
     let _guard = d.limiter.volume(&id)?;
     let backend = d.pool_of(&id)?;
-    backend.use_secrets(secrets)?;
     let owner = req.volume_context.get(LOCAL_NODE_KEY);
     if let Some(owner) = owner.filter(|o| backend.kind() == "local" && **o != d.node_id) {
         // A local volume of another node's pool (per-node provisioning): that
@@ -315,7 +314,7 @@ pub fn publish_volume(
             ("readonly".to_string(), req.readonly.to_string()),
         ]));
     }
-    let (_, backend, vol) = existing_volume(d, "volume_id", &req.volume_id)?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", &req.volume_id, secrets)?;
     if let Some(t) = backend.topology() {
         let node = t.get(crate::volume::TOPOLOGY_NODE_KEY);
         if node.is_some_and(|n| n != &req.node_id) {
@@ -334,7 +333,7 @@ pub fn publish_volume(
         block: req.capability.is_block(),
     };
     if decide_publish(&vol.publications, &req.node_id, &wanted)? == PublishDecision::Publish {
-        backend.set_publication(&id, &req.node_id, Some(wanted))?;
+        backend.set_publication(&id, &req.node_id, Some(wanted), secrets)?;
     }
     Ok(BTreeMap::from([
         ("pool".to_string(), backend.name().to_string()),
@@ -348,8 +347,7 @@ pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, secrets: &Secre
     let Some((id, backend, _guard)) = claim_for_delete(d, "volume_id", raw_id)? else {
         return Ok(());
     };
-    backend.use_secrets(secrets)?;
-    let Some(vol) = backend.get_volume(&id)? else {
+    let Some(vol) = backend.get_volume(&id, secrets)? else {
         return Ok(());
     };
     let nodes: Vec<String> = if node_id.is_empty() {
@@ -362,7 +360,7 @@ pub fn unpublish_volume(d: &Driver, raw_id: &str, node_id: &str, secrets: &Secre
             .collect()
     };
     for n in nodes {
-        backend.set_publication(&id, &n, None)?;
+        backend.set_publication(&id, &n, None, secrets)?;
     }
     Ok(())
 }
@@ -375,10 +373,7 @@ pub fn validate_capabilities(
     params: &BTreeMap<String, String>,
     secrets: &Secrets,
 ) -> Result<std::result::Result<(), String>> {
-    if let Ok(id) = VolumeId::parse_existing("volume_id", raw_id) {
-        d.pool_of(&id)?.use_secrets(secrets)?;
-    }
-    let (_, backend, _) = existing_volume(d, "volume_id", raw_id)?;
+    let (_, backend, _) = existing_volume(d, "volume_id", raw_id, secrets)?;
     if caps.is_empty() {
         return Err(Error::InvalidArgument(
             "volume_capabilities is required".into(),
@@ -433,10 +428,15 @@ pub fn page<T>(
     Ok((rest, next))
 }
 
-pub fn list_volumes(d: &Driver, max_entries: i32, token: &str) -> Result<(Vec<Volume>, String)> {
+pub fn list_volumes(
+    d: &Driver,
+    max_entries: i32,
+    token: &str,
+    secrets: &Secrets,
+) -> Result<(Vec<Volume>, String)> {
     let mut all = Vec::new();
     for backend in d.pools.values() {
-        all.extend(backend.list_volumes()?);
+        all.extend(backend.list_volumes(secrets)?);
     }
     all.sort_by(|a, b| a.id.cmp(&b.id));
     page(all, |v| v.id.as_str(), max_entries, token)
@@ -447,6 +447,7 @@ pub fn get_capacity(
     caps: &[Capability],
     params: &BTreeMap<String, String>,
     topology: Option<&Segments>,
+    secrets: &Secrets,
 ) -> Result<Capacity> {
     let p = Params::parse(params)?;
     let backend = d.pool_named(p.pool.as_deref())?;
@@ -464,7 +465,7 @@ pub fn get_capacity(
             maximum_volume_size: Some(0),
         });
     }
-    backend.capacity()
+    backend.capacity(secrets)
 }
 
 pub fn expand_volume(
@@ -477,7 +478,7 @@ pub fn expand_volume(
 ) -> Result<(u64, bool)> {
     let id = VolumeId::parse_existing("volume_id", raw_id)?;
     let _guard = d.limiter.volume(&id)?;
-    let (_, backend, vol) = existing_volume(d, "volume_id", raw_id)?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", raw_id, secrets)?;
     if required <= 0 && limit <= 0 {
         return Err(Error::InvalidArgument("capacity_range is required".into()));
     }
@@ -520,13 +521,10 @@ pub fn create_snapshot(
             )));
         }
     }
-    if let Ok(b) = d.pool_of(&source) {
-        b.use_secrets(secrets)?;
-    }
     // A name is unique across pools: the same name for another source is a conflict.
     for backend in d.pools.values() {
         let other = SnapshotId::for_name(backend.name(), name);
-        if let Some(s) = backend.get_snapshot(&other)?
+        if let Some(s) = backend.get_snapshot(&other, secrets)?
             && s.source_volume_id != raw_source
         {
             return Err(Error::AlreadyExists(format!(
@@ -551,10 +549,10 @@ pub fn delete_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()
     }
 }
 
-pub fn get_snapshot(d: &Driver, raw_id: &str) -> Result<Snapshot> {
+pub fn get_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<Snapshot> {
     let id = SnapshotId::parse_existing("snapshot_id", raw_id)?;
     d.pool_of(&id)?
-        .get_snapshot(&id)?
+        .get_snapshot(&id, secrets)?
         .ok_or_else(|| Error::NotFound(format!("snapshot_id {raw_id} does not exist")))
 }
 
@@ -564,17 +562,18 @@ pub fn list_snapshots(
     source_volume_id: &str,
     max_entries: i32,
     token: &str,
+    secrets: &Secrets,
 ) -> Result<(Vec<Snapshot>, String)> {
     let mut all = Vec::new();
     if !snapshot_id.is_empty() {
         if let Parsed::Ours(id) = ObjectId::parse("snapshot_id", snapshot_id)?
             && let Ok(b) = d.pool_of(&id)
         {
-            all.extend(b.get_snapshot(&id)?);
+            all.extend(b.get_snapshot(&id, secrets)?);
         }
     } else {
         for backend in d.pools.values() {
-            all.extend(backend.list_snapshots()?);
+            all.extend(backend.list_snapshots(secrets)?);
         }
     }
     if !source_volume_id.is_empty() {

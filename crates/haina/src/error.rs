@@ -23,6 +23,12 @@ pub enum Error {
     /// path is hung. The CO retries; a retried NodeUnstageVolume forces.
     Stalled(String),
     Unimplemented(String),
+    /// A backend the call needs cannot be reached right now (e.g. no Ceph
+    /// monitor answers); the CO retries.
+    Unavailable(String),
+    /// The credentials the call carries (or the pool's configured ones) were
+    /// refused; retrying with the same ones cannot help.
+    Unauthenticated(String),
     Internal {
         context: String,
         source: Box<dyn std::error::Error + Send + Sync>,
@@ -53,6 +59,8 @@ impl Error {
             Self::Aborted(m) => Self::Aborted(format!("{what}: {m}")),
             Self::Stalled(m) => Self::Stalled(format!("{what}: {m}")),
             Self::Unimplemented(m) => Self::Unimplemented(format!("{what}: {m}")),
+            Self::Unavailable(m) => Self::Unavailable(format!("{what}: {m}")),
+            Self::Unauthenticated(m) => Self::Unauthenticated(format!("{what}: {m}")),
             Self::Internal { context, source } => Self::Internal {
                 context: format!("{what}: {context}"),
                 source,
@@ -71,6 +79,8 @@ impl Error {
             Self::Aborted(_) => tonic::Code::Aborted,
             Self::Stalled(_) => tonic::Code::DeadlineExceeded,
             Self::Unimplemented(_) => tonic::Code::Unimplemented,
+            Self::Unavailable(_) => tonic::Code::Unavailable,
+            Self::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Self::Internal { .. } => tonic::Code::Internal,
         }
     }
@@ -87,7 +97,9 @@ impl fmt::Display for Error {
             | Self::ResourceExhausted(m)
             | Self::Aborted(m)
             | Self::Stalled(m)
-            | Self::Unimplemented(m) => f.write_str(m),
+            | Self::Unimplemented(m)
+            | Self::Unavailable(m)
+            | Self::Unauthenticated(m) => f.write_str(m),
             Self::Internal { context, source } => write!(f, "{context}: {source}"),
         }
     }

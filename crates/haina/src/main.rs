@@ -167,6 +167,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::RbdFuse(_) = &cli.command
+        && let Err(e) = cli::rbd_fuse::isolate()
+    {
+        // Before any thread exists: see rbd_fuse::isolate.
+        eprintln!("haina rbd-fuse: moving into a private mount namespace: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .max_blocking_threads(64)

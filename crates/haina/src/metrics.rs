@@ -136,7 +136,7 @@ pub fn render(d: &Driver) -> String {
     let m = metrics();
     for backend in d.pools.values() {
         let pool: Labels = vec![("pool", backend.name().to_string())];
-        if let Ok(v) = backend.list_volumes() {
+        if let Ok(v) = backend.list_volumes(&crate::volume::Secrets::default()) {
             m.volumes.get_or_create(&pool).set(v.len() as i64);
         }
         if d.services.node

@@ -15,13 +15,14 @@ async fn rbd_retries_after_kill_converge() {
     let Some(ceph) = Ceph::from_env("rbd_retries_after_kill_converge") else {
         return;
     };
-    let mut p = Plugin::start_with_env(
+    let mut p = Plugin::start_full(
         &ceph,
         "controller",
         &[(
             "HAINA_FAILPOINTS",
             "rbd-after-create=abort,rbd-snapshot-after-clone=abort,rbd-delete-between=abort",
         )],
+        PluginConfig::Keyring,
     )
     .await;
     let name = p.unique("pvc-crash");

@@ -18,7 +18,7 @@ async fn rbd_lifecycle_ext4_with_data() {
     let Some(ceph) = Ceph::from_env("rbd_lifecycle_ext4_with_data") else {
         return;
     };
-    let plugin = Plugin::start(&ceph, "controller,node").await;
+    let plugin = Plugin::start_with_keyring(&ceph, "controller,node").await;
     let mut c = plugin.clients().await;
     let name = plugin.unique("pvc-life");
     let cap = ext4();

@@ -55,7 +55,7 @@ async fn rbd_snapshot_restore_clone() {
     let Some(ceph) = Ceph::from_env("rbd_snapshot_restore_clone") else {
         return;
     };
-    let plugin = Plugin::start(&ceph, "controller,node").await;
+    let plugin = Plugin::start_with_keyring(&ceph, "controller,node").await;
     let mut c = plugin.clients().await;
     let (src_name, snap_name) = (plugin.unique("pvc-src"), plugin.unique("snap-a"));
     let src = c

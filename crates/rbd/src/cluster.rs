@@ -35,6 +35,10 @@ pub struct ConnectOpts {
     /// Rounded up to whole seconds; zero means librados' defaults (wait
     /// forever for OSD ops).
     pub timeout: Duration,
+    /// Bounds the connection alone (`client_mount_timeout`), overriding
+    /// `timeout` for it: a client that must never time its I/O out can
+    /// still give up connecting quickly.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl ConnectOpts {
@@ -45,6 +49,7 @@ impl ConnectOpts {
             key,
             conf_file: None,
             timeout: Duration::from_secs(30),
+            connect_timeout: None,
         }
     }
 
@@ -170,6 +175,9 @@ impl Cluster {
             set("rados_mon_op_timeout", &s)?;
             set("rados_osd_op_timeout", &s)?;
         }
+        if let Some(t) = opts.connect_timeout {
+            set("client_mount_timeout", &timeout_secs(t).max(1).to_string())?;
+        }
         // The key: through a C string that is wiped right after, so the only
         // copy left is librados' own (in memory).
         {
@@ -214,9 +222,16 @@ impl Cluster {
             .into_owned())
     }
 
-    /// Opens an I/O context on `pool`.
+    /// Opens an I/O context on `pool` (its default namespace).
     pub fn ioctx(&self, pool: &str) -> Result<IoCtx> {
-        IoCtx::new(self.inner.clone(), pool)
+        IoCtx::new(self.inner.clone(), pool, "")
+    }
+
+    /// Opens an I/O context on the RADOS namespace `namespace` of `pool`
+    /// (`""` is the default namespace). Every image operation through it
+    /// sees only that namespace's images.
+    pub fn ioctx_in(&self, pool: &str, namespace: &str) -> Result<IoCtx> {
+        IoCtx::new(self.inner.clone(), pool, namespace)
     }
 
     /// Sends a monitor command (a JSON object such as

@@ -183,6 +183,7 @@ fn_table! {
         fn rados_cluster_stat(cluster: RadosT, result: *mut RadosClusterStat) -> c_int;
         fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char, ioctx: *mut RadosIoctxT) -> c_int;
         fn rados_ioctx_destroy(io: RadosIoctxT);
+        fn rados_ioctx_set_namespace(io: RadosIoctxT, nspace: *const c_char);
         fn rados_ioctx_pool_stat(io: RadosIoctxT, stats: *mut RadosPoolStat) -> c_int;
         fn rados_mon_command(
             cluster: RadosT,
@@ -217,6 +218,8 @@ fn_table! {
             c_opts: RbdImageOptionsT,
         ) -> c_int;
         fn rbd_remove(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_namespace_create(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_namespace_exists(io: RadosIoctxT, name: *const c_char, exists: *mut bool) -> c_int;
         fn rbd_trash_move(io: RadosIoctxT, name: *const c_char, delay: u64) -> c_int;
         fn rbd_trash_remove(io: RadosIoctxT, id: *const c_char, force: bool) -> c_int;
         fn rbd_trash_list(io: RadosIoctxT, entries: *mut RbdTrashImageInfo, num_entries: *mut usize) -> c_int;
@@ -260,6 +263,7 @@ fn_table! {
         fn rbd_is_exclusive_lock_owner(image: RbdImageT, is_owner: *mut c_int) -> c_int;
         fn rbd_lock_acquire(image: RbdImageT, lock_mode: c_int) -> c_int;
         fn rbd_lock_release(image: RbdImageT) -> c_int;
+        fn rbd_lock_break(image: RbdImageT, lock_mode: c_int, lock_owner: *const c_char) -> c_int;
         fn rbd_lock_get_owners(image: RbdImageT, lock_mode: *mut c_int, lock_owners: *mut *mut c_char, max_lock_owners: *mut usize) -> c_int;
         fn rbd_lock_get_owners_cleanup(lock_owners: *mut *mut c_char, lock_owner_count: usize);
         fn rbd_read(image: RbdImageT, ofs: u64, len: usize, buf: *mut c_char) -> isize;

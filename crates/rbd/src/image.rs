@@ -559,6 +559,23 @@ impl Image {
         self.check(rc, "rbd_lock_release").map(|_| ())
     }
 
+    /// Breaks the exclusive lock held by `owner` (as
+    /// [`Image::lock_get_owners`] names it). librbd blocklists the owner
+    /// first (`rbd_blocklist_on_break_lock`), so a client that only looked
+    /// dead can never write again.
+    pub fn lock_break_exclusive(&self, owner: &str) -> Result<()> {
+        let c_owner = cstring("rbd_lock_break", "lock owner", owner)?;
+        // SAFETY: open handle, valid string.
+        let rc = unsafe {
+            (self.api().rbd.rbd_lock_break)(
+                self.handle,
+                ffi::RBD_LOCK_MODE_EXCLUSIVE,
+                c_owner.as_ptr(),
+            )
+        };
+        self.check(rc, "rbd_lock_break").map(|_| ())
+    }
+
     /// Whether this handle currently owns the exclusive lock.
     pub fn is_exclusive_lock_owner(&self) -> Result<bool> {
         let mut owner: c_int = 0;

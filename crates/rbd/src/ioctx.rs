@@ -127,6 +127,9 @@ pub(crate) struct IoCtxInner {
     pub(crate) cluster: Arc<ClusterInner>,
     pub(crate) handle: RadosIoctxT,
     pub(crate) pool: String,
+    /// The RADOS namespace every operation of this context works in
+    /// (empty: the pool's default namespace). Set once, at creation.
+    pub(crate) namespace: String,
 }
 
 // SAFETY: a rados_ioctx_t may be used from several threads at once as long as
@@ -153,6 +156,7 @@ impl fmt::Debug for IoCtx {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IoCtx")
             .field("pool", &self.inner.pool)
+            .field("namespace", &self.inner.namespace)
             .finish()
     }
 }
@@ -203,21 +207,57 @@ pub struct CreateOptions {
 }
 
 impl IoCtx {
-    pub(crate) fn new(cluster: Arc<ClusterInner>, pool: &str) -> Result<IoCtx> {
+    pub(crate) fn new(cluster: Arc<ClusterInner>, pool: &str, namespace: &str) -> Result<IoCtx> {
         let c_pool = cstring("rados_ioctx_create", "pool", pool)?;
+        let c_ns = cstring("rados_ioctx_set_namespace", "namespace", namespace)?;
         let mut handle: RadosIoctxT = std::ptr::null_mut();
         // SAFETY: connected cluster, valid string, out-pointer.
         let rc = unsafe {
             (cluster.api.rados.rados_ioctx_create)(cluster.handle, c_pool.as_ptr(), &mut handle)
         };
         check(rc, "rados_ioctx_create", || format!("pool {pool}"))?;
+        if !namespace.is_empty() {
+            // SAFETY: a fresh ioctx nobody else uses yet; the string is copied.
+            unsafe { (cluster.api.rados.rados_ioctx_set_namespace)(handle, c_ns.as_ptr()) };
+        }
         Ok(IoCtx {
             inner: Arc::new(IoCtxInner {
                 cluster,
                 handle,
                 pool: pool.to_string(),
+                namespace: namespace.to_string(),
             }),
         })
+    }
+
+    /// The RADOS namespace of this context (empty: the default one).
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// Whether the RBD namespace `name` exists in this pool (call on a
+    /// context in the default namespace).
+    pub fn namespace_exists(&self, name: &str) -> Result<bool> {
+        const OP: &str = "rbd_namespace_exists";
+        let c_name = cstring(OP, "namespace", name)?;
+        let mut exists = false;
+        // SAFETY: valid ioctx, string and out-pointer.
+        let rc = unsafe {
+            (self.api().rbd.rbd_namespace_exists)(self.handle(), c_name.as_ptr(), &mut exists)
+        };
+        check(rc, OP, || format!("{}/{name}", self.inner.pool))?;
+        Ok(exists)
+    }
+
+    /// Creates the RBD namespace `name` in this pool (call on a context in
+    /// the default namespace). An existing one gives
+    /// [`crate::Error::AlreadyExists`].
+    pub fn namespace_create(&self, name: &str) -> Result<()> {
+        const OP: &str = "rbd_namespace_create";
+        let c_name = cstring(OP, "namespace", name)?;
+        // SAFETY: valid ioctx and string.
+        let rc = unsafe { (self.api().rbd.rbd_namespace_create)(self.handle(), c_name.as_ptr()) };
+        check(rc, OP, || format!("{}/{name}", self.inner.pool)).map(|_| ())
     }
 
     pub(crate) fn handle(&self) -> RadosIoctxT {
@@ -233,7 +273,11 @@ impl IoCtx {
     }
 
     fn spec(&self, image: &str) -> String {
-        format!("{}/{image}", self.inner.pool)
+        if self.inner.namespace.is_empty() {
+            format!("{}/{image}", self.inner.pool)
+        } else {
+            format!("{}/{}/{image}", self.inner.pool, self.inner.namespace)
+        }
     }
 
     /// Creates a format 2 image of `size` bytes with the given features.

@@ -443,3 +443,43 @@ fn one_handle_shared_by_threads() {
     }
     img.flush().unwrap();
 }
+
+#[test]
+fn namespaces_isolate_images() {
+    let Some(env) = env() else { return };
+    let root = env.io();
+    let (a, b) = (unique("ns-a"), unique("ns-b"));
+    for ns in [&a, &b] {
+        assert!(!root.namespace_exists(ns).unwrap());
+        root.namespace_create(ns).unwrap();
+        assert!(root.namespace_exists(ns).unwrap());
+        assert!(root.namespace_create(ns).unwrap_err().is_already_exists());
+    }
+    let io_a = env.cluster.ioctx_in(&env.pool, &a).unwrap();
+    let io_b = env.cluster.ioctx_in(&env.pool, &b).unwrap();
+    assert_eq!(io_a.namespace(), a);
+    // The same name in both namespaces: two images, each seen only in its own.
+    let name = unique("same");
+    io_a.create_image(&name, 4 * MIB, Features::DEFAULT)
+        .unwrap();
+    let _ga = Cleanup {
+        io: io_a.clone(),
+        name: name.clone(),
+    };
+    io_b.create_image(&name, 8 * MIB, Features::DEFAULT)
+        .unwrap();
+    let _gb = Cleanup {
+        io: io_b.clone(),
+        name: name.clone(),
+    };
+    assert_eq!(io_a.open_read_only(&name).unwrap().size().unwrap(), 4 * MIB);
+    assert_eq!(io_b.open_read_only(&name).unwrap().size().unwrap(), 8 * MIB);
+    assert!(!root.list_images().unwrap().contains(&name));
+    io_b.remove_image(&name).unwrap();
+    assert!(
+        io_a.open_read_only(&name).is_ok(),
+        "removing b's image removed a's"
+    );
+    let err = io_b.open_read_only(&name).unwrap_err();
+    assert!(err.is_not_found() && err.to_string().contains(&b), "{err}");
+}

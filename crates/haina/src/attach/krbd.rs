@@ -11,10 +11,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use super::{AttachError, OpenMode, Target, module_usable};
+use super::{AttachError, OpenMode, Target, image_spec, module_usable};
 use crate::backend::Attachment;
 
 const SYSFS: &str = "/sys/bus/rbd";
@@ -29,38 +30,36 @@ pub fn available() -> Result<(), AttachError> {
     })
 }
 
-/// A key file that exists only while a command needs it.
-pub(crate) struct KeyFile(pub PathBuf);
+/// A key file that exists only while a command needs it: a fresh file with
+/// a unique random name (so concurrent maps never share or remove each
+/// other's), created 0600 by `tempfile`, removed when dropped.
+pub(crate) struct KeyFile(tempfile::NamedTempFile);
 
 impl KeyFile {
     pub(crate) fn write(dir: &Path, key: &haina_rbd::Secret) -> Result<Self, AttachError> {
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
         fs::create_dir_all(dir)
             .map_err(|e| AttachError::system(format!("creating {}", dir.display()), e))?;
-        let path = dir.join(format!(".key-{}", std::process::id()));
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| AttachError::system(format!("creating {}", path.display()), e))?;
-        let guard = KeyFile(path);
+        // tempfile creates with O_EXCL and mode 0600.
+        let mut f = tempfile::Builder::new()
+            .prefix(".key-")
+            .tempfile_in(dir)
+            .map_err(|e| {
+                AttachError::system(format!("creating a key file in {}", dir.display()), e)
+            })?;
         f.write_all(key.expose().as_bytes())
+            .and_then(|()| f.flush())
             .map_err(|e| AttachError::system("writing the key file", e))?;
-        Ok(guard)
+        Ok(KeyFile(f))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.0.path()
     }
 }
 
-impl Drop for KeyFile {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
-
-/// Devices mapped by the kernel: (device, pool, image).
-fn mapped() -> Vec<(PathBuf, String, String)> {
+/// Devices mapped by the kernel: (device, pool, namespace, image).
+fn mapped() -> Vec<(PathBuf, String, String, String)> {
     let Ok(rd) = fs::read_dir(format!("{SYSFS}/devices")) else {
         return Vec::new();
     };
@@ -70,43 +69,46 @@ fn mapped() -> Vec<(PathBuf, String, String)> {
             let read = |f: &str| fs::read_to_string(e.path().join(f)).ok();
             let pool = read("pool")?.trim().to_string();
             let name = read("name")?.trim().to_string();
+            let ns = read("pool_ns").unwrap_or_default().trim().to_string();
             let snap = read("current_snap").unwrap_or_default();
             (snap.trim() == "-" || snap.trim().is_empty())
-                .then(|| (PathBuf::from(format!("/dev/rbd{id}")), pool, name))
+                .then(|| (PathBuf::from(format!("/dev/rbd{id}")), pool, ns, name))
         })
         .collect()
 }
 
-/// Every image of `pool` the kernel maps, as attachments.
-pub fn mapped_in(pool: &str) -> Vec<Attachment> {
+/// Every image of `pool`'s namespace `ns` the kernel maps, as attachments.
+pub fn mapped_in(pool: &str, ns: &str) -> Vec<Attachment> {
     mapped()
         .into_iter()
-        .filter(|(_, p, _)| p == pool)
-        .map(|(device, p, i)| Attachment {
+        .filter(|(_, p, n, _)| p == pool && n == ns)
+        .map(|(device, p, n, i)| Attachment {
             device,
             mounter: "krbd",
-            backing: format!("{p}/{i}"),
+            backing: image_spec(&p, &n, &i),
             newly_attached: false,
         })
         .collect()
 }
 
-/// The device mapping `pool/image`, if any.
-pub fn find(pool: &str, image: &str) -> Option<Attachment> {
-    let wanted = format!("{pool}/{image}");
-    mapped_in(pool).into_iter().find(|a| a.backing == wanted)
+/// The device mapping `pool/ns/image`, if any.
+pub fn find(pool: &str, ns: &str, image: &str) -> Option<Attachment> {
+    let wanted = image_spec(pool, ns, image);
+    mapped_in(pool, ns)
+        .into_iter()
+        .find(|a| a.backing == wanted)
 }
 
 /// Maps the image (or finds its mapping).
 pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachError> {
-    if let Some(a) = find(target.rados_pool, target.image) {
+    if let Some(a) = find(target.rados_pool, target.namespace, target.image) {
         return Ok(a);
     }
     let key = KeyFile::write(key_dir, target.key)?;
     let mut cmd = haina_sys::exec::Cmd::new("rbd")
         .args(["device", "map", "--id", target.user])
         .arg("--keyfile")
-        .arg(&key.0)
+        .arg(key.path())
         .timeout(Duration::from_secs(120));
     if !target.mon_host.is_empty() {
         cmd = cmd.args(["-m", target.mon_host]);
@@ -133,8 +135,8 @@ pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachE
 }
 
 /// Unmaps the image if mapped.
-pub fn detach(pool: &str, image: &str) -> Result<(), AttachError> {
-    if let Some(a) = find(pool, image) {
+pub fn detach(pool: &str, ns: &str, image: &str) -> Result<(), AttachError> {
+    if let Some(a) = find(pool, ns, image) {
         haina_sys::exec::Cmd::new("rbd")
             .args(["device", "unmap"])
             .arg(&a.device)
@@ -143,4 +145,30 @@ pub fn detach(pool: &str, image: &str) -> Result<(), AttachError> {
             .map_err(|e| AttachError::system("rbd device unmap", e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn key_files_are_private_unique_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = haina_rbd::Secret::new("AQkey==");
+        let a = KeyFile::write(dir.path(), &key).unwrap();
+        let b = KeyFile::write(dir.path(), &key).unwrap();
+        assert_ne!(a.path(), b.path(), "two concurrent maps share a key file");
+        let mode = fs::metadata(a.path()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(fs::read_to_string(a.path()).unwrap(), "AQkey==");
+        let (pa, pb) = (a.path().to_path_buf(), b.path().to_path_buf());
+        drop(a);
+        assert!(
+            !pa.exists() && pb.exists(),
+            "dropping one removed the other"
+        );
+        drop(b);
+        assert!(!pb.exists());
+    }
 }

@@ -140,6 +140,8 @@ impl FromStr for OpenMode {
 /// One image to attach, and how to reach its cluster.
 pub struct Target<'a> {
     pub rados_pool: &'a str,
+    /// The RBD namespace (empty: the pool's default namespace).
+    pub namespace: &'a str,
     pub image: &'a str,
     pub mon_host: &'a str,
     pub ceph_conf: Option<&'a Path>,
@@ -150,8 +152,18 @@ pub struct Target<'a> {
 }
 
 impl Target<'_> {
+    /// `pool/image` or `pool/namespace/image`, as the `rbd` tools take it.
     pub fn spec(&self) -> String {
-        format!("{}/{}", self.rados_pool, self.image)
+        image_spec(self.rados_pool, self.namespace, self.image)
+    }
+}
+
+/// `pool/image`, or `pool/namespace/image` in a namespace.
+pub fn image_spec(pool: &str, namespace: &str, image: &str) -> String {
+    if namespace.is_empty() {
+        format!("{pool}/{image}")
+    } else {
+        format!("{pool}/{namespace}/{image}")
     }
 }
 

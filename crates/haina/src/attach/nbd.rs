@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::krbd::KeyFile;
-use super::{AttachError, OpenMode, Target, module_usable};
+use super::{AttachError, OpenMode, Target, image_spec, module_usable};
 use crate::backend::Attachment;
 
 /// Whether rbd-nbd can be used on this node.
@@ -28,14 +28,16 @@ pub fn available() -> Result<(), AttachError> {
 #[derive(serde::Deserialize)]
 struct Mapped {
     pool: String,
+    #[serde(default)]
+    namespace: String,
     image: String,
     #[serde(default)]
     snap: String,
     device: String,
 }
 
-/// Every image of `pool` rbd-nbd serves, as attachments.
-pub fn mapped_in(pool: &str) -> Vec<Attachment> {
+/// Every image of `pool`'s namespace `ns` rbd-nbd serves, as attachments.
+pub fn mapped_in(pool: &str, ns: &str) -> Vec<Attachment> {
     if available().is_err() {
         return Vec::new();
     }
@@ -48,32 +50,34 @@ pub fn mapped_in(pool: &str) -> Vec<Attachment> {
     };
     let list: Vec<Mapped> = serde_json::from_str(&out.stdout).unwrap_or_default();
     list.into_iter()
-        .filter(|m| m.pool == pool && (m.snap.is_empty() || m.snap == "-"))
+        .filter(|m| m.pool == pool && m.namespace == ns && (m.snap.is_empty() || m.snap == "-"))
         .map(|m| Attachment {
+            backing: image_spec(&m.pool, &m.namespace, &m.image),
             device: PathBuf::from(m.device),
             mounter: "nbd",
-            backing: format!("{}/{}", m.pool, m.image),
             newly_attached: false,
         })
         .collect()
 }
 
-/// The device `rbd-nbd` serves `pool/image` on, if any.
-pub fn find(pool: &str, image: &str) -> Option<Attachment> {
-    let wanted = format!("{pool}/{image}");
-    mapped_in(pool).into_iter().find(|a| a.backing == wanted)
+/// The device `rbd-nbd` serves `pool/ns/image` on, if any.
+pub fn find(pool: &str, ns: &str, image: &str) -> Option<Attachment> {
+    let wanted = image_spec(pool, ns, image);
+    mapped_in(pool, ns)
+        .into_iter()
+        .find(|a| a.backing == wanted)
 }
 
 /// Maps the image through rbd-nbd (or finds its mapping).
 pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachError> {
-    if let Some(a) = find(target.rados_pool, target.image) {
+    if let Some(a) = find(target.rados_pool, target.namespace, target.image) {
         return Ok(a);
     }
     let key = KeyFile::write(key_dir, target.key)?;
     let mut cmd = haina_sys::exec::Cmd::new("rbd-nbd")
         .args(["map", "--id", target.user])
         .arg("--keyfile")
-        .arg(&key.0)
+        .arg(key.path())
         .timeout(Duration::from_secs(120));
     if !target.mon_host.is_empty() {
         cmd = cmd.args(["-m", target.mon_host]);
@@ -100,8 +104,8 @@ pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachE
 }
 
 /// Unmaps the image if rbd-nbd serves it.
-pub fn detach(pool: &str, image: &str) -> Result<(), AttachError> {
-    if let Some(a) = find(pool, image) {
+pub fn detach(pool: &str, ns: &str, image: &str) -> Result<(), AttachError> {
+    if let Some(a) = find(pool, ns, image) {
         haina_sys::exec::Cmd::new("rbd-nbd")
             .arg("unmap")
             .arg(&a.device)

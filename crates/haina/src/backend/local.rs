@@ -224,9 +224,15 @@ impl LocalPool {
             )));
         }
         let (path, ready) = if snapshot {
-            (self.snapshot_image(&id), self.get_snapshot(&id)?.is_some())
+            (
+                self.snapshot_image(&id),
+                self.get_snapshot(&id, &Secrets::default())?.is_some(),
+            )
         } else {
-            (self.volume_image(&id), self.get_volume(&id)?.is_some())
+            (
+                self.volume_image(&id),
+                self.get_volume(&id, &Secrets::default())?.is_some(),
+            )
         };
         if !ready {
             return Err(Error::NotFound(format!("{field} {raw} does not exist")));
@@ -340,15 +346,15 @@ impl Backend for LocalPool {
         Ok(())
     }
 
-    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
+    fn get_volume(&self, id: &VolumeId, _secrets: &Secrets) -> Result<Option<Volume>> {
         self.read_volume(id)
     }
 
-    fn list_volumes(&self) -> Result<Vec<Volume>> {
+    fn list_volumes(&self, _secrets: &Secrets) -> Result<Vec<Volume>> {
         self.list_records("volumes")
     }
 
-    fn capacity(&self) -> Result<Capacity> {
+    fn capacity(&self, _secrets: &Secrets) -> Result<Capacity> {
         let st =
             rustix::fs::statvfs(&self.root).map_err(|e| io_err("statvfs", &self.root, e.into()))?;
         let available = st.f_bavail * st.f_frsize;
@@ -363,6 +369,7 @@ impl Backend for LocalPool {
         id: &VolumeId,
         node: &str,
         publication: Option<Publication>,
+        _secrets: &Secrets,
     ) -> Result<Volume> {
         let mut r = self
             .read_volume(id)?
@@ -408,7 +415,7 @@ impl Backend for LocalPool {
         _secrets: &Secrets,
     ) -> Result<Snapshot> {
         self.own(id)?;
-        if let Some(s) = self.get_snapshot(id)? {
+        if let Some(s) = self.get_snapshot(id, &Secrets::default())? {
             if s.source_volume_id != source.to_string() {
                 return Err(Error::AlreadyExists(format!(
                     "snapshot {name:?} already exists for source volume {}",
@@ -418,7 +425,7 @@ impl Backend for LocalPool {
             return Ok(s);
         }
         let vol = self
-            .get_volume(source)?
+            .get_volume(source, &Secrets::default())?
             .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
         self.build_image(
             &self.snapshot_image(id),
@@ -449,20 +456,20 @@ impl Backend for LocalPool {
         Ok(())
     }
 
-    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+    fn get_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<Option<Snapshot>> {
         self.own(id)?;
         // The record is written only after the image is in place.
         Ok(state::read(&self.snapshot_record(id))?)
     }
 
-    fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
+    fn list_snapshots(&self, _secrets: &Secrets) -> Result<Vec<Snapshot>> {
         self.list_records("snapshots")
     }
 
     fn attach(&self, id: &VolumeId, _secrets: &Secrets) -> Result<Attachment> {
         self.own(id)?;
         let image = self.volume_image(id);
-        if !image.exists() || self.get_volume(id)?.is_none() {
+        if !image.exists() || self.get_volume(id, &Secrets::default())?.is_none() {
             return Err(Error::NotFound(format!(
                 "volume {id} does not exist in pool {}",
                 self.name

@@ -62,26 +62,24 @@ pub trait Backend: Send + Sync {
     /// Extra facts for logs and `explain` (e.g. the copy method).
     fn describe(&self) -> Vec<(String, String)>;
 
-    /// Makes the credentials a request carries available to the calls that
-    /// follow in it (lookups, publication records), even those whose CSI
-    /// request has no `secrets` field. A no-op for pools without credentials.
-    fn use_secrets(&self, _secrets: &Secrets) -> Result<()> {
-        Ok(())
-    }
-
     // ---- controller
+    // Every method that may talk to a remote store takes the request's
+    // credentials as an explicit value (empty when the CSI request has no
+    // `secrets` field); pools without credentials ignore them. A pool never
+    // remembers one request's credentials for another.
     fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume>;
     fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()>;
-    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>>;
+    fn get_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<Option<Volume>>;
     /// All volumes, sorted by ID.
-    fn list_volumes(&self) -> Result<Vec<Volume>>;
-    fn capacity(&self) -> Result<Capacity>;
+    fn list_volumes(&self, secrets: &Secrets) -> Result<Vec<Volume>>;
+    fn capacity(&self, secrets: &Secrets) -> Result<Capacity>;
     /// Records (`Some`) or clears (`None`) a node's publication.
     fn set_publication(
         &self,
         id: &VolumeId,
         node: &str,
         publication: Option<Publication>,
+        secrets: &Secrets,
     ) -> Result<Volume>;
     /// Grows the volume to `size` bytes; returns the new size.
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64>;
@@ -93,9 +91,9 @@ pub trait Backend: Send + Sync {
         secrets: &Secrets,
     ) -> Result<Snapshot>;
     fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()>;
-    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>>;
+    fn get_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<Option<Snapshot>>;
     /// All snapshots, sorted by ID.
-    fn list_snapshots(&self) -> Result<Vec<Snapshot>>;
+    fn list_snapshots(&self, secrets: &Secrets) -> Result<Vec<Snapshot>>;
 
     // ---- node
     /// Attaches the volume to this node (or finds the existing attachment).

@@ -67,7 +67,14 @@ pub struct RbdPool {
     node_id: String,
     /// `<data-dir>/rbd/<pool>` (canonical): FUSE mount points, logs, pids.
     node_dir: PathBuf,
+    /// The last health answer and when it was made.
+    health: std::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>,
 }
+
+/// How long a health answer (monitors reachable or not) is reused.
+const HEALTH_TTL: std::time::Duration = std::time::Duration::from_secs(3);
+/// How long the monitor probe behind a health answer may take.
+const HEALTH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// An image slot of an object: the present generation, or where a new one goes.
 enum Slot {
@@ -78,6 +85,11 @@ enum Slot {
     },
     Missing {
         image: String,
+    },
+    /// The image is another haina pool's (its `haina.pool` says so).
+    Foreign {
+        image: String,
+        owner: String,
     },
 }
 
@@ -136,8 +148,10 @@ impl RbdPool {
             mon_host: cfg.monitors.join(","),
             ceph_conf: cfg.ceph_conf.clone(),
             rados_pool: cfg.rados_pool.clone(),
+            namespace: cfg.namespace_for(&name),
         };
-        tracing::info!(pool = %name, rados_pool = %addr.rados_pool, mon_host = %addr.mon_host,
+        tracing::info!(pool = %name, rados_pool = %addr.rados_pool, namespace = %addr.namespace,
+            mon_host = %addr.mon_host,
             mounter = mounter.as_str(), features = %features, "rbd pool configured");
         Ok(Self {
             name,
@@ -147,6 +161,7 @@ impl RbdPool {
             clone_depth_limit: cfg.clone_depth_limit,
             node_id,
             node_dir,
+            health: Default::default(),
         })
     }
 
@@ -162,6 +177,23 @@ impl RbdPool {
 
     fn rados_pool(&self) -> &str {
         &self.conns.addr().rados_pool
+    }
+
+    fn namespace(&self) -> &str {
+        &self.conns.addr().namespace
+    }
+
+    /// Whether a parent link points into this pool's own namespace.
+    fn is_home(&self, pool: &str, namespace: &str) -> bool {
+        pool == self.rados_pool() && namespace == self.namespace()
+    }
+
+    /// The image's haina pool, when its metadata names another one: such an
+    /// image is never listed, deleted, cloned or attached by this pool.
+    fn foreign_owner(&self, meta: &Meta) -> Option<String> {
+        meta.owner()
+            .filter(|o| *o != self.name.as_str())
+            .map(String::from)
     }
 
     /// Maps a Ceph error, dropping the connection if it is the culprit.
@@ -202,6 +234,9 @@ impl RbdPool {
                 return Ok(Slot::Missing { image });
             };
             let meta = self.read_meta(c, &img)?;
+            if let Some(owner) = self.foreign_owner(&meta) {
+                return Ok(Slot::Foreign { image, owner });
+            }
             if !meta.is_deleted() {
                 let size = self.ck(c, || format!("size of {image}"), img.size())?;
                 return Ok(Slot::Present { image, meta, size });
@@ -236,13 +271,13 @@ impl RbdPool {
             if depth > 64 || p.image_in_trash {
                 break;
             }
-            let io = if p.pool_name == self.rados_pool() {
+            let io = if self.is_home(&p.pool_name, &p.pool_namespace) {
                 c.io.clone()
             } else {
                 self.ck(
                     c,
-                    || format!("pool {}", p.pool_name),
-                    c.cluster.ioctx(&p.pool_name),
+                    || format!("pool {}/{}", p.pool_name, p.pool_namespace),
+                    c.cluster.ioctx_in(&p.pool_name, &p.pool_namespace),
                 )?
             };
             let Ok(up) = io.open_read_only(&p.image_name) else {
@@ -273,6 +308,9 @@ impl RbdPool {
     fn write_meta(&self, c: &Conn, img: &Image, keys: &[(&str, String)]) -> Result<()> {
         let name = img.name().to_string();
         let what = || format!("writing the metadata of {name}");
+        let mut keys = keys.to_vec();
+        keys.push((meta::KEY_POOL, self.name.to_string()));
+        let keys = &keys[..];
         for (k, _) in self.read_meta(c, img)?.0 {
             if !keys.iter().any(|(want, _)| *want == k) {
                 self.ck(c, what, img.metadata_remove(&k))?;
@@ -426,7 +464,7 @@ impl RbdPool {
             Err(e) if e.is_busy() => {
                 return Err(Error::FailedPrecondition(format!(
                     "image {}/{image} is still open by a client: {e}",
-                    self.rados_pool()
+                    self.conns.addr().home()
                 )));
             }
             Err(e) => return self.ck(c, || format!("moving {image} to the trash"), Err(e)),
@@ -449,7 +487,7 @@ impl RbdPool {
                 tracing::info!(image, "removed image");
                 if let Some(p) = &parent {
                     // The temporary snapshot of a clone that never completed.
-                    if p.snap_name == image && p.pool_name == self.rados_pool() {
+                    if p.snap_name == image && self.is_home(&p.pool_name, &p.pool_namespace) {
                         self.drop_snap(c, &p.image_name, &p.snap_name)?;
                     }
                 }
@@ -475,7 +513,7 @@ impl RbdPool {
             }
             Err(e) if e.is_busy() => Err(Error::FailedPrecondition(format!(
                 "image {}/{image} is still open by a client: {e}",
-                self.rados_pool()
+                self.conns.addr().home()
             ))),
             Err(e) => self.ck(c, || format!("removing image {image}"), Err(e)),
         }
@@ -485,7 +523,7 @@ impl RbdPool {
     /// nothing depends on any more. Failures only stop the walk.
     fn collect(&self, c: &Conn, mut parent: Option<ParentInfo>) {
         while let Some(p) = parent.take() {
-            if p.pool_name != self.rados_pool() || p.image_in_trash {
+            if !self.is_home(&p.pool_name, &p.pool_namespace) || p.image_in_trash {
                 return;
             }
             match self.try_remove_deleted(c, &p.image_name) {
@@ -517,7 +555,8 @@ impl RbdPool {
     /// and has no dependants. Returns its parent when removed.
     fn try_remove_deleted(&self, c: &Conn, image: &str) -> Option<Option<ParentInfo>> {
         let img = self.try_open_ro(c, image).ok()??;
-        if !self.read_meta(c, &img).ok()?.is_deleted() {
+        let meta = self.read_meta(c, &img).ok()?;
+        if !meta.is_deleted() || self.foreign_owner(&meta).is_some() {
             return None;
         }
         if let Some((kind, object, g)) = meta::parse_image_name(image) {
@@ -563,7 +602,7 @@ impl RbdPool {
                 continue;
             };
             let meta = self.read_meta(c, &img)?;
-            if !meta.is_complete(&name) {
+            if !meta.is_complete(&name) || self.foreign_owner(&meta).is_some() {
                 continue;
             }
             let id = ObjectId::parse_existing("image", &format!("{}.{object}", self.name))?;
@@ -588,13 +627,13 @@ impl RbdPool {
     }
 
     fn kernel_attachment(&self, id: &VolumeId) -> Option<Attachment> {
-        let pool = self.rados_pool();
+        let (pool, ns) = (self.rados_pool(), self.namespace());
         let mut found = Vec::new();
         if attach::krbd::available().is_ok() {
-            found.extend(attach::krbd::mapped_in(pool));
+            found.extend(attach::krbd::mapped_in(pool, ns));
         }
         if attach::nbd::available().is_ok() {
-            found.extend(attach::nbd::mapped_in(pool));
+            found.extend(attach::nbd::mapped_in(pool, ns));
         }
         found.into_iter().find(|a| {
             let image = a.backing.rsplit('/').next().unwrap_or_default();
@@ -691,7 +730,28 @@ impl Backend for RbdPool {
     fn health(&self) -> Result<()> {
         haina_rbd::library_versions()
             .map(drop)
-            .map_err(|e| ceph_err(format!("pool {}", self.name), e))
+            .map_err(|e| ceph_err(format!("pool {}", self.name), e))?;
+        // Reachability of the monitors, answered from a short cache so a
+        // Probe storm costs one probe, and bounded by a deadline.
+        let mut cached = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, answer)) = &*cached
+            && at.elapsed() < HEALTH_TTL
+        {
+            return answer.clone().map_err(Error::Unavailable);
+        }
+        drop(cached);
+        let addr = self.conns.addr().clone();
+        let answer = match haina_sys::deadline::run_for(
+            format!("probing the Ceph monitors of pool {}", self.name),
+            HEALTH_DEADLINE,
+            move || conn::reachable(&addr).map_err(|e| e.to_string()),
+        ) {
+            Ok(a) => a,
+            Err(stalled) => Err(stalled.to_string()),
+        };
+        cached = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        *cached = Some((std::time::Instant::now(), answer.clone()));
+        answer.map_err(Error::Unavailable)
     }
 
     fn describe(&self) -> Vec<(String, String)> {
@@ -703,13 +763,6 @@ impl Backend for RbdPool {
             ("imageFeatures".into(), self.features.to_string()),
             ("cloneDepthLimit".into(), self.clone_depth_limit.to_string()),
         ]
-    }
-
-    fn use_secrets(&self, secrets: &Secrets) -> Result<()> {
-        if secrets.0.is_empty() {
-            return Ok(());
-        }
-        self.conns.get(secrets).map(drop)
     }
 
     fn create_volume(&self, spec: &CreateSpec, secrets: &Secrets) -> Result<Volume> {
@@ -726,6 +779,14 @@ impl Backend for RbdPool {
                 }
                 return Ok(v);
             }
+            Slot::Foreign { image, owner } => {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {}: image {}/{image} already exists and belongs to haina pool \
+                     {owner:?}; refusing to take it over",
+                    spec.id,
+                    self.conns.addr().home()
+                )));
+            }
             // An interrupted create: finish it.
             Slot::Present { image, .. } | Slot::Missing { image } => image,
         };
@@ -735,8 +796,14 @@ impl Backend for RbdPool {
     fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let c = self.conns.get(secrets)?;
-        let Slot::Present { image, meta, .. } = self.resolve(&c, Kind::Volume, id.object())? else {
-            return Ok(());
+        let (image, meta) = match self.resolve(&c, Kind::Volume, id.object())? {
+            Slot::Present { image, meta, .. } => (image, meta),
+            Slot::Missing { .. } => return Ok(()),
+            Slot::Foreign { image, owner } => {
+                // Never delete across pools: this volume does not exist here.
+                tracing::warn!(volume = %id, image, owner, "image belongs to another haina pool; not deleting it");
+                return Ok(());
+            }
         };
         if meta.is_complete(&image) {
             let pubs = meta.publications(&image)?;
@@ -757,7 +824,7 @@ impl Backend for RbdPool {
         if !watchers.is_empty() {
             return Err(Error::FailedPrecondition(format!(
                 "volume {id} (image {}/{image}) is still in use by {}; detach it there first",
-                self.rados_pool(),
+                self.conns.addr().home(),
                 meta::describe_watchers(&watchers, &meta.attachments())
             )));
         }
@@ -787,24 +854,16 @@ impl Backend for RbdPool {
         self.remove_or_hide(&c, &image, parent)
     }
 
-    fn get_volume(&self, id: &VolumeId) -> Result<Option<Volume>> {
+    fn get_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<Option<Volume>> {
         self.own(id)?;
-        let Some(c) = self.conns.any()? else {
-            tracing::warn!(volume = %id, "no Ceph credentials yet (no keyring configured, no request with secrets seen); answering as if absent");
-            return Ok(None);
-        };
+        let c = self.conns.get(secrets)?;
         self.live(&c, Kind::Volume, id.object())?
             .map(|(image, meta, size)| self.volume_of(id, &image, &meta, size))
             .transpose()
     }
 
-    fn list_volumes(&self) -> Result<Vec<Volume>> {
-        // Listing carries no secrets: without a keyring, a pool this
-        // process has not used yet lists nothing (and says so in the log).
-        let Some(c) = self.conns.any()? else {
-            tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no volumes");
-            return Ok(Vec::new());
-        };
+    fn list_volumes(&self, secrets: &Secrets) -> Result<Vec<Volume>> {
+        let c = self.conns.get(secrets)?;
         let mut out = Vec::new();
         for (id, name, img, meta) in self.complete_images(&c, Kind::Volume)? {
             let size = self.ck(&c, || format!("size of {name}"), img.size())?;
@@ -814,13 +873,8 @@ impl Backend for RbdPool {
         Ok(out)
     }
 
-    fn capacity(&self) -> Result<Capacity> {
-        let c = self.conns.any()?.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "pool {}: no Ceph credentials yet; configure user + keyring for GetCapacity",
-                self.name
-            ))
-        })?;
+    fn capacity(&self, secrets: &Secrets) -> Result<Capacity> {
+        let c = self.conns.get(secrets)?;
         let st = self.ck(
             &c,
             || format!("statistics of pool {}", self.rados_pool()),
@@ -837,15 +891,10 @@ impl Backend for RbdPool {
         id: &VolumeId,
         node: &str,
         publication: Option<Publication>,
+        secrets: &Secrets,
     ) -> Result<Volume> {
         self.own(id)?;
-        let c = self.conns.any()?.ok_or_else(|| {
-            Error::FailedPrecondition(format!(
-                "pool {}: no Ceph credentials yet to record the publication; configure user + \
-                 keyring, or retry after a request with secrets",
-                self.name
-            ))
-        })?;
+        let c = self.conns.get(secrets)?;
         let (image, _, _) = self
             .live(&c, Kind::Volume, id.object())?
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
@@ -936,6 +985,13 @@ impl Backend for RbdPool {
                 }
                 return Ok(s);
             }
+            Slot::Foreign { image, owner } => {
+                return Err(Error::AlreadyExists(format!(
+                    "snapshot {name:?}: image {}/{image} already exists and belongs to haina \
+                     pool {owner:?}",
+                    self.conns.addr().home()
+                )));
+            }
             Slot::Present { image, .. } | Slot::Missing { image } => image,
         };
         let (src, _, _) = self
@@ -1007,8 +1063,9 @@ impl Backend for RbdPool {
     fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()> {
         self.own(id)?;
         let c = self.conns.get(secrets)?;
-        let Slot::Present { image, .. } = self.resolve(&c, Kind::Snapshot, id.object())? else {
-            return Ok(());
+        let image = match self.resolve(&c, Kind::Snapshot, id.object())? {
+            Slot::Present { image, .. } => image,
+            Slot::Missing { .. } | Slot::Foreign { .. } => return Ok(()),
         };
         let img = self.open_rw(&c, &image)?;
         let parent = self.ck(&c, || format!("parent of {image}"), img.parent_info())?;
@@ -1023,25 +1080,17 @@ impl Backend for RbdPool {
         self.remove_or_hide(&c, &image, parent)
     }
 
-    fn get_snapshot(&self, id: &SnapshotId) -> Result<Option<Snapshot>> {
+    fn get_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<Option<Snapshot>> {
         self.own(id)?;
-        let Some(c) = self.conns.any()? else {
-            tracing::warn!(snapshot = %id, "no Ceph credentials yet; answering as if absent");
-            return Ok(None);
-        };
+        let c = self.conns.get(secrets)?;
         match self.live(&c, Kind::Snapshot, id.object())? {
             Some((image, meta, _)) => meta.snapshot(id, &image),
             None => Ok(None),
         }
     }
 
-    fn list_snapshots(&self) -> Result<Vec<Snapshot>> {
-        // Listing carries no secrets: without a keyring, a pool this
-        // process has not used yet lists nothing (and says so in the log).
-        let Some(c) = self.conns.any()? else {
-            tracing::warn!(pool = %self.name, "no Ceph credentials yet; listing no snapshots");
-            return Ok(Vec::new());
-        };
+    fn list_snapshots(&self, secrets: &Secrets) -> Result<Vec<Snapshot>> {
+        let c = self.conns.get(secrets)?;
         let mut out = Vec::new();
         for (id, name, _img, meta) in self.complete_images(&c, Kind::Snapshot)? {
             out.extend(meta.snapshot(&id, &name)?);
@@ -1053,6 +1102,14 @@ impl Backend for RbdPool {
     fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment> {
         self.own(id)?;
         if let Some(a) = self.attachment(id)? {
+            // Never answer OK over a dead or stalled data path.
+            if let Some(reason) = self.data_path_health(id, &a) {
+                return Err(Error::FailedPrecondition(format!(
+                    "volume {id} is attached at {} but {reason}; unstage it (NodeUnstageVolume) \
+                     to tear it down, then stage it again",
+                    a.device.display()
+                )));
+            }
             return Ok(a);
         }
         let mounter = self.mounter.resolve()?;
@@ -1065,6 +1122,7 @@ impl Backend for RbdPool {
         let addr = self.conns.addr();
         let target = Target {
             rados_pool: &addr.rados_pool,
+            namespace: &addr.namespace,
             image: &image,
             mon_host: &addr.mon_host,
             ceph_conf: addr.ceph_conf.as_deref(),
@@ -1102,8 +1160,12 @@ impl Backend for RbdPool {
             K::Loop { backing, .. } => {
                 backing.as_deref() == Some(self.fuse_paths(id).file.as_path())
             }
-            K::Rbd { pool, image, .. } => {
-                pool == self.rados_pool()
+            K::Rbd {
+                pool,
+                namespace,
+                image,
+            } => {
+                self.is_home(pool, namespace)
                     && meta::parse_image_name(image).is_some_and(|(kind, object, _)| {
                         kind == Kind::Volume && object == id.object()
                     })
@@ -1121,8 +1183,28 @@ impl Backend for RbdPool {
         if let Some(a) = self.kernel_attachment(id) {
             let image = a.backing.rsplit('/').next().unwrap_or_default().to_string();
             match a.mounter {
-                "krbd" => attach::krbd::detach(self.rados_pool(), &image)?,
-                _ => attach::nbd::detach(self.rados_pool(), &image)?,
+                "krbd" => attach::krbd::detach(self.rados_pool(), self.namespace(), &image)?,
+                _ => attach::nbd::detach(self.rados_pool(), self.namespace(), &image)?,
+            }
+        }
+        Ok(())
+    }
+
+    fn data_path_health(&self, id: &VolumeId, att: &Attachment) -> Option<String> {
+        // krbd and rbd-nbd are served by the kernel or their own daemon.
+        (att.mounter == "fuse")
+            .then(|| attach::fuse::health(&self.fuse_paths(id)))
+            .flatten()
+    }
+
+    fn force_detach(&self, id: &VolumeId) -> Result<()> {
+        self.own(id)?;
+        attach::fuse::force_detach(&self.fuse_paths(id))?;
+        if let Some(a) = self.kernel_attachment(id) {
+            let image = a.backing.rsplit('/').next().unwrap_or_default().to_string();
+            match a.mounter {
+                "krbd" => attach::krbd::detach(self.rados_pool(), self.namespace(), &image)?,
+                _ => attach::nbd::detach(self.rados_pool(), self.namespace(), &image)?,
             }
         }
         Ok(())

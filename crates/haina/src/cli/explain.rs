@@ -241,7 +241,7 @@ fn kubelet_targets(kubelet: &Path, name: &str) -> Vec<PathBuf> {
 
 fn by_id(ctx: &Ctx, id: &VolumeId) -> Result<Report, Usage> {
     let backend = ctx.driver.pool_of(id)?;
-    let vol = backend.get_volume(id)?;
+    let vol = backend.get_volume(id, &crate::volume::Secrets::default())?;
     // A device whose image was deleted while attached is reported below as
     // a mount that lost its device.
     let att = backend
@@ -628,7 +628,10 @@ fn by_path(ctx: &Ctx, raw: &Path) -> Result<Report, Usage> {
 /// The volume whose attachment is `dev`, in any pool.
 fn volume_on(ctx: &Ctx, dev: &Device) -> Option<VolumeId> {
     for backend in ctx.driver.pools.values() {
-        for v in backend.list_volumes().ok()? {
+        for v in backend
+            .list_volumes(&crate::volume::Secrets::default())
+            .ok()?
+        {
             let Ok(id) = VolumeId::parse_existing("volume_id", &v.id) else {
                 continue;
             };

@@ -378,7 +378,7 @@ fn mount(d: &Driver, dir: &Path, o: &Options) -> Result<()> {
     let id = &o.volume_id;
     let backend = d.pool_of(id)?;
     let exists = || -> Result<()> {
-        match backend.get_volume(id)? {
+        match backend.get_volume(id, &o.secrets)? {
             Some(_) => Ok(()),
             None => Err(Error::NotFound(format!("volume {id} does not exist"))),
         }

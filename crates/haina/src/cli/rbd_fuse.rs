@@ -1,6 +1,21 @@
 //! `haina rbd-fuse`: serves one RBD image as the file `<mountpoint>/image`
 //! over FUSE, for the node plugin's `fuse` mounter ([`crate::attach::fuse`]),
-//! which starts it detached and puts a loop device on top of the file.
+//! which mounts the FUSE filesystem itself, starts this server detached with
+//! the FUSE connection's fd (`--fuse-fd`), and puts a loop device on top of
+//! the file.
+//!
+//! - **It holds no mount.** Before anything else (while the process is
+//!   still single-threaded, so every later thread inherits it) the server
+//!   moves into a private mount namespace ([`isolate`]) and detaches from it
+//!   every FUSE mount and every filesystem on a loop, rbd or nbd device. So
+//!   it never holds a mount stacked on its own device (an ext4 on the loop
+//!   device over its own file): when it is the last process of a namespace,
+//!   tearing that namespace down cannot wait on the server itself (which
+//!   hung forever in D state), and it never pins another volume's
+//!   filesystem. Mounts the plugin makes later do not propagate into it.
+//! - It signals readiness with a line `ready` on stdout (a pipe to the
+//!   plugin) once the image is open and the FUSE handshake is done; the
+//!   plugin never has to stat through the mount to find out.
 //!
 //! - The cephx key arrives on stdin (a pipe the plugin closes after
 //!   writing); stdin is then pointed at /dev/null. Nothing else carries it.
@@ -14,15 +29,17 @@
 //! - While serving, a read-write server records `haina.attach.<node>` (its
 //!   client id and address) in the image metadata, which the controller's
 //!   fencing reads.
-//! - The session ends when the mount is unmounted; the server then
-//!   flushes, drops its record and lock, and exits.
+//! - The session ends when the FUSE connection goes away (the plugin
+//!   unmounted it and the loop device let go of the file, or the connection
+//!   was aborted); the server then flushes, drops its record and lock, and
+//!   exits.
 //!
 //! Exit codes: 0 after a clean unmount, 3 if another client holds the
 //! exclusive lock, 4 if the image does not exist, 1 for anything else.
 
 use std::ffi::OsStr;
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -36,7 +53,7 @@ use fuser::{
 use haina_rbd::{Cluster, ConnectOpts, Image, Secret};
 
 use crate::attach::OpenMode;
-use crate::attach::fuse::{EXIT_IMAGE_MISSING, EXIT_LOCK_HELD, FS_TYPE, IMAGE_FILE, SOURCE_PREFIX};
+use crate::attach::fuse::{EXIT_IMAGE_MISSING, EXIT_LOCK_HELD, IMAGE_FILE};
 use crate::backend::rbd::meta::{ATTACH_PREFIX, AttachRecord};
 
 #[derive(clap::Args, Debug)]
@@ -44,12 +61,19 @@ pub struct Args {
     /// RADOS pool of the image.
     #[arg(long)]
     pub pool: String,
+    /// RBD namespace of the image (empty: the pool's default namespace).
+    #[arg(long, default_value = "")]
+    pub namespace: String,
     /// RBD image name.
     #[arg(long)]
     pub image: String,
-    /// Where to mount (an existing directory).
+    /// Where the plugin mounted the FUSE filesystem (for identification:
+    /// the server does not touch it).
     #[arg(long)]
     pub mountpoint: PathBuf,
+    /// The already-mounted FUSE connection (`/dev/fuse`), inherited.
+    #[arg(long)]
+    pub fuse_fd: i32,
     /// Monitors (`mon_host`); may be empty with --ceph-conf.
     #[arg(long, default_value = "")]
     pub mon_host: String,
@@ -64,8 +88,6 @@ pub struct Args {
     /// ro, shared or exclusive.
     #[arg(long, default_value = "exclusive")]
     pub mode: OpenMode,
-    #[arg(long)]
-    pub pid_file: Option<PathBuf>,
     /// FUSE worker threads (requests served in parallel).
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
@@ -130,14 +152,16 @@ fn read_key() -> Result<Secret, BoxError> {
 
 fn serve(args: Args) -> Result<(), BoxError> {
     let key = read_key()?;
-    let spec = format!("{}/{}", args.pool, args.image);
+    let spec = crate::attach::image_spec(&args.pool, &args.namespace, &args.image);
     let mut opts = ConnectOpts::new(args.mon_host.clone(), args.user.clone(), key);
     opts.conf_file = args.ceph_conf.clone();
     // The data path never gives up on a slow cluster (like krbd): no
-    // operation timeouts, librados' own connect timeout.
+    // operation timeouts. Connecting is bounded (the plugin has just
+    // connected with the same credentials, and waits for us).
     opts.timeout = Duration::ZERO;
+    opts.connect_timeout = Some(Duration::from_secs(30));
     let cluster = Cluster::connect(&opts)?;
-    let io = cluster.ioctx(&args.pool)?;
+    let io = cluster.ioctx_in(&args.pool, &args.namespace)?;
     let opened = if args.mode.read_only() {
         io.open_read_only(&args.image)
     } else {
@@ -155,13 +179,30 @@ fn serve(args: Args) -> Result<(), BoxError> {
         // librbd during the acquire.
         let owners = image.lock_get_owners().ok().flatten();
         let watchers = image.list_watchers().unwrap_or_default();
+        // This node's own previous server (killed, or force-detached) still
+        // watches until its watch times out; the plugin starts a server only
+        // once the previous one is gone, so its lock is broken (and its
+        // client blocklisted) instead of waiting out the watch.
+        let own_previous = image
+            .metadata_get(&format!("{ATTACH_PREFIX}{}", args.node_id))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_str::<AttachRecord>(&v).ok())
+            .map(|r| r.addr)
+            .filter(|a| !a.is_empty());
         if let Some(o) = owners {
             let live: Vec<&String> = o
                 .owners
                 .iter()
                 .filter(|a| watchers.iter().any(|w| &&w.addr == a))
                 .collect();
-            if !live.is_empty() {
+            if !live.is_empty() && live.iter().all(|a| Some(*a) == own_previous.as_ref()) {
+                for a in &live {
+                    tracing::warn!(image = %spec, owner = %a,
+                        "breaking the lock of this node's previous (dead) server");
+                    image.lock_break_exclusive(a)?;
+                }
+            } else if !live.is_empty() {
                 return Err(refuse(
                     EXIT_LOCK_HELD,
                     format!(
@@ -202,9 +243,6 @@ fn serve(args: Args) -> Result<(), BoxError> {
         image.metadata_set(&record_key, &serde_json::to_string(&record)?)?;
         tracing::info!(image = %spec, client, addr = %addr, mode = args.mode.as_str(), "image open");
     }
-    if let Some(p) = &args.pid_file {
-        std::fs::write(p, format!("{}\n", std::process::id()))?;
-    }
     let image = Arc::new(image);
     let result = mount_and_serve(&args, &spec, image.clone());
     // Unmounted (or failed): make everything durable, then let go.
@@ -219,35 +257,18 @@ fn serve(args: Args) -> Result<(), BoxError> {
     if args.mode == OpenMode::Exclusive {
         let _ = image.lock_release();
     }
-    if let Some(p) = &args.pid_file {
-        let _ = std::fs::remove_file(p);
-    }
     tracing::info!(image = %spec, ok = result.is_ok(), "FUSE session ended");
     result
 }
 
 fn mount_and_serve(args: &Args, spec: &str, image: Arc<Image>) -> Result<(), BoxError> {
-    use rustix::fs::{Mode, OFlags};
-    use rustix::mount::MountFlags;
-    let fd = rustix::fs::open("/dev/fuse", OFlags::RDWR | OFlags::CLOEXEC, Mode::empty())?;
-    let data = format!(
-        "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
-        std::os::fd::AsRawFd::as_raw_fd(&fd)
-    );
-    let mut flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
-    if args.mode.read_only() {
-        flags |= MountFlags::RDONLY;
+    if args.fuse_fd < 3 {
+        return Err(format!("--fuse-fd {} is not an inherited descriptor", args.fuse_fd).into());
     }
-    let source = format!("{SOURCE_PREFIX}{spec}");
-    let data = std::ffi::CString::new(data)?;
-    rustix::mount::mount(
-        source.as_str(),
-        &args.mountpoint,
-        FS_TYPE,
-        flags,
-        Some(data.as_c_str()),
-    )?;
-    tracing::info!(mountpoint = %args.mountpoint.display(), "FUSE mounted");
+    // SAFETY: the plugin hands the descriptor over at exec; nothing else in
+    // this process owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(args.fuse_fd) };
+    rustix::io::fcntl_setfd(&fd, rustix::io::FdFlags::CLOEXEC)?;
     let fs = ImageFs {
         image,
         read_only: args.mode.read_only(),
@@ -256,8 +277,54 @@ fn mount_and_serve(args: &Args, spec: &str, image: Arc<Image>) -> Result<(), Box
     let mut config = Config::default();
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+    // The handshake (FUSE_INIT, queued since the plugin's mount) happens here.
     let session = fuser::Session::from_fd(fs, fd, SessionACL::All, config)?;
+    tracing::info!(image = %spec, mountpoint = %args.mountpoint.display(), "FUSE connection ready");
+    signal_ready()?;
     session.run()?;
+    Ok(())
+}
+
+/// Tells the plugin (on stdout, a pipe) that the image is served, then
+/// points stdout at /dev/null.
+fn signal_ready() -> Result<(), BoxError> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(b"ready\n")?;
+    out.flush()?;
+    let null = std::fs::OpenOptions::new().write(true).open("/dev/null")?;
+    rustix::stdio::dup2_stdout(null.as_fd())?;
+    Ok(())
+}
+
+/// Moves this (still single-threaded) process into a private mount
+/// namespace that holds nothing stacked on a FUSE, loop, rbd or nbd device:
+/// `unshare(CLONE_NEWNS)`, every mount made private (nothing propagates in
+/// or out any more), then every such mount lazily detached (deepest first;
+/// `/` never). Called by `main` before the async runtime starts its threads,
+/// since a mount namespace belongs to each thread.
+pub fn isolate() -> std::io::Result<()> {
+    use haina_sys::blockdev::{Kind, identify};
+    use rustix::mount::{MountPropagationFlags, UnmountFlags};
+    rustix::process::chdir("/")?;
+    // SAFETY: only CLONE_NEWNS, in a process with a single thread.
+    unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWNS) }?;
+    rustix::mount::mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )?;
+    let table = haina_sys::mountinfo::MountTable::read().map_err(std::io::Error::other)?;
+    for e in table.entries.iter().rev() {
+        let stacked = e.fs_type == "fuse"
+            || e.fs_type.starts_with("fuse.")
+            || identify(e.major, e.minor).is_some_and(|d| {
+                matches!(d.kind, Kind::Loop { .. } | Kind::Rbd { .. } | Kind::Nbd)
+            });
+        if stacked && e.mount_point != std::path::Path::new("/") {
+            // EINVAL: already gone with a parent detached before it.
+            let _ = rustix::mount::unmount(&e.mount_point, UnmountFlags::DETACH);
+        }
+    }
     Ok(())
 }
 

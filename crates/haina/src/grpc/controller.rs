@@ -12,7 +12,7 @@ use crate::controller::{self as ops, CreateRequest, PublishRequest, TopologyRequ
 use crate::driver::Driver;
 use crate::error::Error;
 use crate::ids;
-use crate::volume::ContentSource;
+use crate::volume::{ContentSource, Secrets};
 
 pub struct ControllerService {
     pub driver: Arc<Driver>,
@@ -195,7 +195,9 @@ impl Controller for ControllerService {
         let d = self.driver.clone();
         run("ListVolumes", "", move || {
             use csi::list_volumes_response::{Entry, VolumeStatus};
-            let (vols, next_token) = ops::list_volumes(&d, r.max_entries, &r.starting_token)?;
+            // ListVolumes carries no secrets: the pool's configured credentials, if any.
+            let (vols, next_token) =
+                ops::list_volumes(&d, r.max_entries, &r.starting_token, &Secrets::default())?;
             let entries = vols
                 .iter()
                 .map(|v| {
@@ -228,7 +230,13 @@ impl Controller for ControllerService {
         run("GetCapacity", "", move || {
             let caps = capabilities("volume_capabilities", &r.volume_capabilities)?;
             let topo = r.accessible_topology.map(|t| sorted(t.segments));
-            let c = ops::get_capacity(&d, &caps, &sorted(r.parameters), topo.as_ref())?;
+            let c = ops::get_capacity(
+                &d,
+                &caps,
+                &sorted(r.parameters),
+                topo.as_ref(),
+                &Secrets::default(),
+            )?;
             Ok(csi::GetCapacityResponse {
                 available_capacity: c.available as i64,
                 maximum_volume_size: c.maximum_volume_size.map(|m| m as i64),
@@ -308,6 +316,7 @@ impl Controller for ControllerService {
                 &r.source_volume_id,
                 r.max_entries,
                 &r.starting_token,
+                &secrets(r.secrets),
             )?;
             let entries = snaps
                 .iter()
@@ -331,7 +340,7 @@ impl Controller for ControllerService {
         let d = self.driver.clone();
         let id = r.snapshot_id.clone();
         run("GetSnapshot", &id, move || {
-            let s = ops::get_snapshot(&d, &r.snapshot_id)?;
+            let s = ops::get_snapshot(&d, &r.snapshot_id, &secrets(r.secrets))?;
             Ok(csi::GetSnapshotResponse {
                 snapshot: Some(super::snapshot(&s)),
             })
@@ -380,7 +389,8 @@ impl Controller for ControllerService {
         let id = r.volume_id.clone();
         run("ControllerGetVolume", &id, move || {
             use csi::controller_get_volume_response::VolumeStatus;
-            let (_, backend, v) = ops::existing_volume(&d, "volume_id", &r.volume_id)?;
+            let (_, backend, v) =
+                ops::existing_volume(&d, "volume_id", &r.volume_id, &Secrets::default())?;
             let condition = match backend.health() {
                 Ok(()) => csi::VolumeCondition {
                     abnormal: false,

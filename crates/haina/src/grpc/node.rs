@@ -12,7 +12,7 @@ use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::ids::{self, VolumeId};
 use crate::node as ops;
-use crate::volume::TOPOLOGY_NODE_KEY;
+use crate::volume::{Secrets, TOPOLOGY_NODE_KEY};
 
 pub struct NodeService {
     pub driver: Arc<Driver>,
@@ -49,9 +49,10 @@ fn claim<'d>(
 fn known_here(
     backend: &dyn crate::backend::Backend,
     id: &VolumeId,
+    secrets: &Secrets,
 ) -> Result<Option<crate::backend::Attachment>> {
     let att = backend.attachment(id)?;
-    if att.is_some() || backend.get_volume(id)?.is_some() {
+    if att.is_some() || backend.get_volume(id, secrets)?.is_some() {
         return Ok(att);
     }
     Err(Error::NotFound(format!("volume_id {id} does not exist")))
@@ -184,7 +185,8 @@ impl Node for NodeService {
             let path = volume_path("volume_path", &r.volume_path)?;
             let id = VolumeId::parse_existing("volume_id", &r.volume_id)?;
             let backend = d.pool_of(&id)?;
-            let att = known_here(backend.as_ref(), &id)?;
+            // NodeGetVolumeStats carries no secrets.
+            let att = known_here(backend.as_ref(), &id, &Secrets::default())?;
             let s = ops::stats(&d, backend.as_ref(), &id, &path, att)?;
             let usage = |(total, used, available): (u64, u64, u64), unit: Unit| csi::VolumeUsage {
                 available: available as i64,
@@ -221,7 +223,7 @@ impl Node for NodeService {
                 .map(|c| capability("volume_capability", Some(c)))
                 .transpose()?;
             let (id, backend, _guard) = claim(&d, &r.volume_id)?;
-            let att = known_here(backend.as_ref(), &id)?;
+            let att = known_here(backend.as_ref(), &id, &secrets(r.secrets))?;
             let kind = d.host.lstat(&path)?.ok_or_else(|| {
                 Error::NotFound(format!(
                     "volume_path {} does not exist",

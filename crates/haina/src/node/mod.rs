@@ -556,6 +556,16 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
     if force {
         tracing::warn!(volume = %id, "a previous unstage stalled: forcing the teardown");
     }
+    // A data path already known dead (a killed FUSE server, a deleted
+    // image): the unmounts fail their writes fast, and the detach must not
+    // wait on the dead path.
+    let dead = match backend.attachment(id)? {
+        Some(att) => backend.data_path_health(id, &att),
+        None => None,
+    };
+    if let Some(why) = &dead {
+        tracing::warn!(volume = %id, why, "unstaging a volume whose data path is broken");
+    }
     let mut plan = Plan::new();
     for m in &mounts {
         plan.then_keep(Step::Unmount {
@@ -571,7 +581,7 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
         .execute(host)
         .and_then(|()| failpoint::hit("unstage-before-detach"))
         .and_then(|()| {
-            if force {
+            if force || dead.is_some() {
                 backend.force_detach(id)
             } else {
                 backend.detach(id)

@@ -71,8 +71,15 @@ impl Ceph {
     }
 
     /// A keyring-less config: credentials come with each request. Pools:
-    /// `ceph` (fuse, the default), `ceph-krbd`, `ceph-nbd`, `ceph-auto`.
+    /// `ceph` (fuse, the default), `ceph-krbd`, `ceph-nbd`, `ceph-auto`,
+    /// each in the RBD namespace of its own name.
     pub fn config(&self) -> String {
+        self.config_with(None)
+    }
+
+    /// [`Ceph::config`] with `user` + `keyring` on every pool (for the calls
+    /// whose CSI request carries no secrets).
+    pub fn config_with(&self, keyring: Option<&Path>) -> String {
         let mut s = String::from("default_pool = \"ceph\"\n");
         for (name, mounter) in [
             ("ceph", "fuse"),
@@ -84,11 +91,64 @@ impl Ceph {
                 "[pools.{name}]\nkind = \"rbd\"\nmonitors = [\"{}\"]\nrados_pool = \"{}\"\nmounter = \"{mounter}\"\n",
                 self.mon, self.pool
             );
+            if let Some(k) = keyring {
+                s += &format!("user = \"{}\"\nkeyring = \"{}\"\n", self.user, k.display());
+            }
         }
         s
     }
 
+    /// A keyring file for the test user, written into `dir`.
+    pub fn write_keyring(&self, dir: &Path) -> PathBuf {
+        let p = dir.join("ceph.keyring");
+        std::fs::write(
+            &p,
+            format!("[client.{}]\n\tkey = {}\n", self.user, self.key),
+        )
+        .unwrap();
+        p
+    }
+
+    /// Another cephx user of the test cluster (made with the admin keyring
+    /// from HAINA_CEPH_ADMIN_KEYRING if absent) with `osd_caps`; its key.
+    pub fn user(&self, name: &str, osd_caps: &str) -> String {
+        let admin = std::env::var("HAINA_CEPH_ADMIN_KEYRING")
+            .expect("HAINA_CEPH_ADMIN_KEYRING (from `scripts/ceph/cluster.sh env DIR`)");
+        let out = Command::new("timeout")
+            .args([
+                "30",
+                "ceph",
+                "-c",
+                "/dev/null",
+                "-m",
+                &self.mon,
+                "-n",
+                "client.admin",
+                "-k",
+            ])
+            .arg(&admin)
+            .args(["auth", "get-or-create", &format!("client.{name}")])
+            .args(["mon", "profile rbd", "osd", osd_caps])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ceph auth get-or-create: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix("key = ").map(str::to_string))
+            .unwrap_or_else(|| panic!("no key in {text:?}"))
+    }
+
+    /// The RBD namespace of the harness's default haina pool `ceph`.
     pub fn connect(&self) -> haina_rbd::IoCtx {
+        self.connect_ns("ceph")
+    }
+
+    /// The RBD namespace `ns` of the test pool (`""`: the default one).
+    pub fn connect_ns(&self, ns: &str) -> haina_rbd::IoCtx {
         let opts = haina_rbd::ConnectOpts::new(
             self.mon.clone(),
             self.user.clone(),
@@ -96,19 +156,31 @@ impl Ceph {
         );
         haina_rbd::Cluster::connect(&opts)
             .unwrap()
-            .ioctx(&self.pool)
+            .ioctx_in(&self.pool, ns)
             .unwrap()
     }
 
-    /// Images of the pool whose name contains `needle`.
+    /// Images whose name contains `needle`, in the namespace of pool `ceph`.
     pub fn images_with(&self, needle: &str) -> Vec<String> {
-        self.connect()
-            .list_images()
-            .unwrap()
-            .into_iter()
-            .filter(|n| n.contains(needle))
-            .collect()
+        self.images_in("ceph", needle)
     }
+
+    /// Images of namespace `ns` whose name contains `needle` (none if the
+    /// namespace does not exist yet).
+    pub fn images_in(&self, ns: &str, needle: &str) -> Vec<String> {
+        match self.connect_ns(ns).list_images() {
+            Ok(names) => names.into_iter().filter(|n| n.contains(needle)).collect(),
+            Err(e) if e.is_not_found() => Vec::new(),
+            Err(e) => panic!("listing images of namespace {ns:?}: {e}"),
+        }
+    }
+}
+
+/// Which config a [`Plugin`] starts with.
+pub enum PluginConfig {
+    Secrets,
+    Keyring,
+    Text(String),
 }
 
 /// One `haina serve` process with an RBD config.
@@ -120,6 +192,8 @@ pub struct Plugin {
     services: String,
     /// Extra environment for the process (e.g. `HAINA_FAILPOINTS`).
     pub env: Vec<(String, String)>,
+    /// A command the process runs under (e.g. `unshare -m`), if any.
+    pub wrap: Vec<String>,
     child: Option<Child>,
 }
 
@@ -131,6 +205,30 @@ impl Plugin {
 
     /// [`Plugin::start`] with extra environment.
     pub async fn start_with_env(ceph: &Ceph, services: &str, env: &[(&str, &str)]) -> Plugin {
+        Self::start_full(ceph, services, env, PluginConfig::Secrets).await
+    }
+
+    /// [`Plugin::start`] with `user` + `keyring` configured on every pool.
+    pub async fn start_with_keyring(ceph: &Ceph, services: &str) -> Plugin {
+        Self::start_full(ceph, services, &[], PluginConfig::Keyring).await
+    }
+
+    /// [`Plugin::start`] with a config of the test's own.
+    pub async fn start_with_config(
+        ceph: &Ceph,
+        services: &str,
+        env: &[(&str, &str)],
+        config: &str,
+    ) -> Plugin {
+        Self::start_full(ceph, services, env, PluginConfig::Text(config.to_string())).await
+    }
+
+    pub async fn start_full(
+        ceph: &Ceph,
+        services: &str,
+        env: &[(&str, &str)],
+        config: PluginConfig,
+    ) -> Plugin {
         let root = PathBuf::from(
             std::env::var("HAINA_TEST_DIR").unwrap_or_else(|_| "/var/tmp/haina-tests".into()),
         );
@@ -139,7 +237,12 @@ impl Plugin {
             .prefix("haina-rbd-")
             .tempdir_in(root)
             .unwrap();
-        std::fs::write(dir.path().join("config.toml"), ceph.config()).unwrap();
+        let text = match config {
+            PluginConfig::Secrets => ceph.config(),
+            PluginConfig::Keyring => ceph.config_with(Some(&ceph.write_keyring(dir.path()))),
+            PluginConfig::Text(t) => t,
+        };
+        std::fs::write(dir.path().join("config.toml"), text).unwrap();
         let node_id = format!("node-{}", dir.path().file_name().unwrap().to_string_lossy());
         let mut p = Plugin {
             socket: dir.path().join("csi.sock"),
@@ -147,6 +250,7 @@ impl Plugin {
             dir,
             node_id,
             services: services.into(),
+            wrap: Vec::new(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -182,7 +286,15 @@ impl Plugin {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_haina"))
+        let mut cmd = match self.wrap.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_haina")),
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(env!("CARGO_BIN_EXE_haina"));
+                c
+            }
+        };
+        let child = cmd
             .args(["serve", "--endpoint"])
             .arg(format!("unix://{}", self.socket.display()))
             .args(["--node-id", &self.node_id, "--services", &self.services])
@@ -202,6 +314,11 @@ impl Plugin {
 
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The pid of the running process.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
     }
 
     pub async fn clients(&self) -> Clients {

@@ -25,6 +25,7 @@
 //! | `haina.attach.<node>` | the attachment of a node: its client id and address (JSON) |
 //! | `haina.snapshot` | on snapshot images: name, source, size, time (JSON) |
 //! | `haina.deleted` | deleted by the CO, kept only as a parent of clones |
+//! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
 
 use std::collections::BTreeMap;
 
@@ -48,6 +49,7 @@ pub const KEY_CREATED: &str = "haina.created";
 pub const KEY_PUBLICATIONS: &str = "haina.publications";
 pub const KEY_SNAPSHOT: &str = "haina.snapshot";
 pub const KEY_DELETED: &str = "haina.deleted";
+pub const KEY_POOL: &str = "haina.pool";
 pub const ATTACH_PREFIX: &str = "haina.attach.";
 /// Every key haina owns starts with this.
 pub const PREFIX: &str = "haina.";
@@ -140,6 +142,12 @@ impl Meta {
     /// Complete: its last creation step ran (and it was not inherited).
     pub fn is_complete(&self, image: &str) -> bool {
         self.get(KEY_ID) == Some(image) && !self.is_deleted()
+    }
+
+    /// The haina pool the image belongs to, if recorded (images made
+    /// before `haina.pool` existed record none).
+    pub fn owner(&self) -> Option<&str> {
+        self.get(KEY_POOL)
     }
 
     pub fn is_deleted(&self) -> bool {
