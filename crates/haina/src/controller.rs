@@ -521,10 +521,21 @@ pub fn create_snapshot(
             )));
         }
     }
-    // A name is unique across pools: the same name for another source is a conflict.
+    // A name is unique across pools: the same name for another source is a
+    // conflict. The source's own pool must answer; another pool that these
+    // secrets cannot open (another Ceph cluster) cannot hold it under them.
     for backend in d.pools.values() {
         let other = SnapshotId::for_name(backend.name(), name);
-        if let Some(s) = backend.get_snapshot(&other, secrets)?
+        let found = match backend.get_snapshot(&other, secrets) {
+            Ok(s) => s,
+            Err(e) if backend.name() == source.pool() => return Err(e),
+            Err(e) => {
+                tracing::debug!(pool = %backend.name(), error = %e,
+                    "snapshot name check skipped a pool these secrets cannot read");
+                None
+            }
+        };
+        if let Some(s) = found
             && s.source_volume_id != raw_source
         {
             return Err(Error::AlreadyExists(format!(
