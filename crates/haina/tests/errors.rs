@@ -953,3 +953,154 @@ async fn secrets_never_reach_the_logs() {
     );
     assert!(!logs.contains("AQB"), "a key prefix leaked into the logs");
 }
+
+/// mkfs and mount options come from an allow-list: an option that names a
+/// path or a device, copies host files, or can take the node down is
+/// INVALID_ARGUMENT naming it, at CreateVolume (parameters and the
+/// capability's mount_flags), ControllerPublishVolume and
+/// ValidateVolumeCapabilities, and nothing is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_mkfs_and_mount_options_are_refused_naming_them() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let with_flags = |fs: &str, flags: &[&str]| {
+        let mut cap = mount_cap(fs, Mode::SingleNodeWriter);
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = &mut cap.access_type {
+            m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+        }
+        cap
+    };
+    // (parameters, capability, what the message must name)
+    let cases: Vec<(Vec<(&str, &str)>, csi::VolumeCapability, &str)> = vec![
+        (
+            vec![
+                ("fsType", "xfs"),
+                ("mkfsOptions", "-l logdev=/dev/loop0,size=64m"),
+            ],
+            with_flags("", &[]),
+            "logdev=/dev/loop0",
+        ),
+        (
+            vec![("mkfsOptions", "-d /etc")],
+            with_flags("ext4", &[]),
+            "-d",
+        ),
+        (
+            vec![("fsType", "xfs"), ("mkfsOptions", "-p /etc/protofile")],
+            with_flags("xfs", &[]),
+            "-p",
+        ),
+        (
+            vec![("mkfsOptions", "-b 4096 /dev/sda")],
+            with_flags("ext4", &[]),
+            "/dev/sda",
+        ),
+        (
+            vec![("mkfsOptions", "-J device=/dev/sdb")],
+            with_flags("ext4", &[]),
+            "device=/dev/sdb",
+        ),
+        (
+            vec![("mountOptions", "noatime,errors=panic")],
+            with_flags("ext4", &[]),
+            "errors=panic",
+        ),
+        (
+            vec![("mountOptions", "journal_path=/dev/sdb")],
+            with_flags("ext4", &[]),
+            "journal_path=/dev/sdb",
+        ),
+        (
+            vec![("fsType", "xfs"), ("mountOptions", "rtdev=/dev/sdc")],
+            with_flags("xfs", &[]),
+            "rtdev=/dev/sdc",
+        ),
+        (vec![], with_flags("ext4", &["errors=panic"]), "mount_flags"),
+        (
+            vec![],
+            with_flags("ext4", &["noatime", "usrjquota=/etc/shadow"]),
+            "usrjquota",
+        ),
+        (vec![], with_flags("xfs", &["logdev=/dev/sdb"]), "logdev"),
+        // ext4 syntax is checked against the filesystem the capability asks for.
+        (
+            vec![("mkfsOptions", "-b 4096")],
+            with_flags("xfs", &[]),
+            "-b",
+        ),
+    ];
+    for (i, (kv, cap, named)) in cases.into_iter().enumerate() {
+        let mut r = create_req(&format!("hostile-{i}"), 300 * MIB, cap);
+        r.parameters = params(&kv);
+        let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+        assert!(m.contains(named), "case {i} ({kv:?}): {m}");
+    }
+    let leftovers: Vec<_> = ["img", "tmp", "json"]
+        .iter()
+        .flat_map(|e| files_with_ext(&server.data_dir(), e))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+
+    // Allowed options pass, and later calls check the flags too.
+    let mut r = create_req("tuned", 16 * MIB, with_flags("ext4", &["noatime", "nodev"]));
+    r.parameters = params(&[
+        ("mkfsOptions", "-m 0 -i 8192 -L data -E stride=16"),
+        ("mountOptions", "errors=remount-ro,commit=30"),
+    ]);
+    let vol = c
+        .controller
+        .create_volume(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let id = vol.volume_id.clone();
+    let m = expect_code(
+        c.controller
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.clone(),
+                node_id: server.node_id.clone(),
+                volume_capability: Some(with_flags("", &["errors=panic"])),
+                volume_context: vol.volume_context.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(m.contains("errors=panic"), "{m}");
+    let v = c
+        .controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![with_flags("ext4", &["journal_dev=2049"])],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        v.confirmed.is_none() && v.message.contains("journal_dev"),
+        "{v:?}"
+    );
+    let v = c
+        .controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![with_flags("ext4", &["noatime"])],
+            parameters: params(&[("mkfsOptions", "-z /tmp/undo")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.confirmed.is_none() && v.message.contains("-z"), "{v:?}");
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.assert_no_leaks();
+}
