@@ -307,6 +307,23 @@ mod tests {
     }
 
     #[test]
+    fn echoes_are_bounded() {
+        assert_eq!(echo("node-a"), "\"node-a\"");
+        assert_eq!(
+            echo(&"x".repeat(ECHO_MAX)),
+            format!("{:?}", "x".repeat(ECHO_MAX))
+        );
+        let e = echo(&"é".repeat(5000));
+        assert!(e.len() < ECHO_MAX + 40, "{e}");
+        assert!(e.ends_with("(9936 more bytes)"), "{e}");
+        assert_eq!(echo("a\nb"), "\"a\\nb\"");
+        let e = node_id("node_id", &"n".repeat(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("more bytes"), "{e}");
+    }
+
+    #[test]
     fn paths() {
         assert_eq!(abs_path("p", "/a//b/./c").unwrap(), PathBuf::from("/a/b/c"));
         for bad in ["", "rel/x", "/a/../b", "/a\0"] {

@@ -1104,3 +1104,96 @@ async fn hostile_mkfs_and_mount_options_are_refused_naming_them() {
         .unwrap();
     server.assert_no_leaks();
 }
+
+/// Messages echo at most a bounded prefix of client input: a 10 KB field
+/// still gets its status code and a message naming the field (echoed whole,
+/// it overflowed gRPC's metadata and the client saw a protocol error).
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_client_input_is_echoed_bounded() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let snw = mount_cap("ext4", Mode::SingleNodeWriter);
+    // `%` is percent-encoded in the grpc-message header: 30 KB on the wire.
+    let huge = "%".repeat(10_000);
+    let bounded = |m: &str| assert!(m.len() < 1024, "{} bytes: {m:.200}", m.len());
+
+    let vol = c
+        .controller
+        .create_volume(create_req("echo", MIB, snw.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let m = expect_code(
+        c.controller
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                node_id: huge.clone(),
+                volume_capability: Some(snw.clone()),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        m.contains("node_id") && m.contains("more bytes"),
+        "{m:.200}"
+    );
+    bounded(&m);
+
+    let mut r = create_req("echo-params", MIB, snw.clone());
+    r.parameters = params(&[(huge.as_str(), "x")]);
+    let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+    assert!(m.contains("parameters"), "{m:.200}");
+    bounded(&m);
+
+    let mut r = create_req("echo-mkfs", MIB, snw.clone());
+    r.parameters = params(&[("mkfsOptions", &format!("-L {huge}"))]);
+    let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+    assert!(m.contains("mkfsOptions"), "{m:.200}");
+    bounded(&m);
+
+    // A long name whose volume exists with another size: ALREADY_EXISTS.
+    let long_name = "v".repeat(10_000);
+    c.controller
+        .create_volume(create_req(&long_name, MIB, snw.clone()))
+        .await
+        .unwrap();
+    let m = expect_code(
+        c.controller
+            .create_volume(create_req(&long_name, 2 * MIB, snw.clone()))
+            .await,
+        Code::AlreadyExists,
+    );
+    bounded(&m);
+
+    let m = expect_code(
+        c.controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 0,
+                starting_token: format!("default.{huge}"),
+            })
+            .await,
+        Code::Aborted,
+    );
+    bounded(&m);
+
+    for e in c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+    {
+        c.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: e.volume.unwrap().volume_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    server.assert_no_leaks();
+}

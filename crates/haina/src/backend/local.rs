@@ -30,7 +30,7 @@ use haina_sys::loopdev::{self, AttachOptions};
 use super::copy::{self, CopyMethod};
 use super::{Attachment, Backend, CreateSpec};
 use crate::error::{Error, Result};
-use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::ids::{PoolName, SnapshotId, VolumeId, echo};
 use crate::volume::{
     Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
     TOPOLOGY_NODE_KEY, Volume,
@@ -188,7 +188,8 @@ impl LocalPool {
         let id = VolumeId::parse_existing(field, raw)?;
         if id.pool() != &self.name {
             return Err(Error::InvalidArgument(format!(
-                "{field} {raw} is in pool {}, but the new volume is in pool {}; copy across pools is not supported",
+                "{field} {} is in pool {}, but the new volume is in pool {}; copy across pools is not supported",
+                echo(raw),
                 id.pool(),
                 self.name
             )));
@@ -199,7 +200,10 @@ impl LocalPool {
             (self.volume_image(&id), self.get_volume(&id)?.is_some())
         };
         if !ready {
-            return Err(Error::NotFound(format!("{field} {raw} does not exist")));
+            return Err(Error::NotFound(format!(
+                "{field} {} does not exist",
+                echo(raw)
+            )));
         }
         Ok(path)
     }
@@ -379,7 +383,8 @@ impl Backend for LocalPool {
         if let Some(s) = self.get_snapshot(id)? {
             if s.source_volume_id != source.to_string() {
                 return Err(Error::AlreadyExists(format!(
-                    "snapshot {name:?} already exists for source volume {}",
+                    "snapshot {} already exists for source volume {}",
+                    echo(name),
                     s.source_volume_id
                 )));
             }
