@@ -15,7 +15,9 @@
 //! ```
 //!
 //! With no config file at all haina runs on the embedded default: one local
-//! pool named `default` under `--data-dir`.
+//! pool named `default` under `--data-dir`. A config file that configures no
+//! pool (empty, only comments) is refused, never read as "the default": an
+//! empty ConfigMap must not turn a Ceph driver into a local-disk one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -88,7 +90,18 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| Error::internal(format!("reading config {}", p.display()), e))?;
-                Self::parse(&text).map_err(|e| e.context(format!("config {}", p.display())))?
+                let cfg =
+                    Self::parse(&text).map_err(|e| e.context(format!("config {}", p.display())))?;
+                if cfg.pools.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "config {} configures no pool ({} bytes, no [pools.<name>] table); \
+                         refusing to guess: name the pools, or run without --config for the \
+                         embedded default local pool",
+                        p.display(),
+                        text.len()
+                    )));
+                }
+                cfg
             }
         };
         if cfg.pools.is_empty() {
@@ -139,6 +152,27 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.default_pool().unwrap().as_str(), "default");
         assert!(matches!(c.pools.values().next(), Some(PoolConfig::Local(l)) if l.direct_io));
+    }
+
+    #[test]
+    fn a_config_file_without_pools_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("empty.toml", ""),
+            ("blank.toml", "\n  \n# nothing here\n"),
+            ("no-pools.toml", "[pools]\n"),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(Some(&p)).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains(name) && m.contains("no pool")),
+                "{name}: {e}"
+            );
+        }
+        let p = dir.path().join("one.toml");
+        std::fs::write(&p, "[pools.fast]\nkind = \"local\"\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().pools.len(), 1);
     }
 
     #[test]

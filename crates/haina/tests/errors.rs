@@ -1197,3 +1197,31 @@ async fn huge_client_input_is_echoed_bounded() {
     }
     server.assert_no_leaks();
 }
+
+/// An empty config file (an empty ConfigMap) is refused at start-up, never
+/// read as "the embedded default local pool".
+#[test]
+fn serve_refuses_a_config_file_without_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "# the ConfigMap was empty\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_haina"))
+        .args(["serve", "--node-id", "n", "--endpoint"])
+        .arg(format!("unix://{}", dir.path().join("csi.sock").display()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "served an empty config: {stderr}");
+    assert!(
+        stderr.contains("empty.toml") && stderr.contains("no pool"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data/pools").exists(),
+        "a local pool was created"
+    );
+}
