@@ -1205,17 +1205,35 @@ fn serve_refuses_a_config_file_without_pools() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("empty.toml");
     std::fs::write(&config, "# the ConfigMap was empty\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_haina"))
+    let log = dir.path().join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haina"))
         .args(["serve", "--node-id", "n", "--endpoint"])
         .arg(format!("unix://{}", dir.path().join("csi.sock").display()))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--config")
         .arg(&config)
-        .output()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "served an empty config: {stderr}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "served an empty config ({status:?}): {stderr}"
+    );
     assert!(
         stderr.contains("empty.toml") && stderr.contains("no pool"),
         "{stderr}"
