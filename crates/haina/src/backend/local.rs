@@ -59,6 +59,17 @@ fn remove_files(paths: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// A failed loop attach: running out of loop devices is RESOURCE_EXHAUSTED
+/// (the CO retries, or schedules elsewhere); anything else is INTERNAL.
+fn attach_error(image: &Path, e: loopdev::LoopError) -> Error {
+    match e {
+        loopdev::LoopError::NoDeviceLeft { .. } | loopdev::LoopError::NoFreeDevice { .. } => {
+            Error::ResourceExhausted(format!("attaching {}: {e}", image.display()))
+        }
+        e => Error::internal(format!("attaching {} to a loop device", image.display()), e),
+    }
+}
+
 fn io_err(what: &str, path: &Path, e: io::Error) -> Error {
     Error::internal(format!("{what} {}", path.display()), e)
 }
@@ -445,9 +456,8 @@ impl Backend for LocalPool {
             direct_io: self.direct_io,
             read_only: false,
         };
-        let (dev, newly_attached) = loopdev::attach_or_find(&image, &opts).map_err(|e| {
-            Error::internal(format!("attaching {} to a loop device", image.display()), e)
-        })?;
+        let (dev, newly_attached) =
+            loopdev::attach_or_find(&image, &opts).map_err(|e| attach_error(&image, e))?;
         Ok(Attachment {
             device: dev.path(),
             mounter: "loop",
@@ -529,5 +539,42 @@ impl Backend for LocalPool {
             Error::FailedPrecondition(format!("volume {id} is not attached on this node"))
         })?;
         loopdev::refresh_capacity(dev).map_err(|e| Error::internal("refreshing loop capacity", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_loop_devices_is_resource_exhausted() {
+        let img = Path::new("/pool/volumes/v.img");
+        let e = attach_error(
+            img,
+            loopdev::LoopError::NoDeviceLeft {
+                path: img.into(),
+                errno: rustix::io::Errno::NOSPC,
+            },
+        );
+        assert!(
+            matches!(&e, Error::ResourceExhausted(m) if m.contains("LOOP_CTL_GET_FREE") && m.contains("v.img")),
+            "{e:?}"
+        );
+        let e = attach_error(
+            img,
+            loopdev::LoopError::NoFreeDevice {
+                path: img.into(),
+                attempts: 16,
+            },
+        );
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        let e = attach_error(
+            img,
+            loopdev::LoopError::Backing {
+                path: img.into(),
+                source: io::Error::from(io::ErrorKind::NotFound),
+            },
+        );
+        assert_eq!(e.code(), tonic::Code::Internal);
     }
 }
