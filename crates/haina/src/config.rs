@@ -6,6 +6,7 @@
 //! [pools.default]
 //! kind = "local"                # image files on loop devices
 //! # path = "/srv/haina/default" # default: <data-dir>/pools/<name>
+//! # overcommit = 1.5            # promise up to 1.5 × the free space (default: never more than it has)
 //!
 //! [pools.ceph]
 //! kind = "rbd"
@@ -51,6 +52,11 @@ pub struct LocalConfig {
     /// Attach loop devices with direct I/O (no double caching). Default on.
     #[serde(default = "yes")]
     pub direct_io: bool,
+    /// Thin provisioning: let the pool promise volumes up to this many times
+    /// its free space (at least 1.0). Unset, the pool never promises more
+    /// than it has, so no volume loses a write because another filled it.
+    #[serde(default)]
+    pub overcommit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,8 +116,21 @@ impl Config {
                 PoolConfig::Local(LocalConfig {
                     path: None,
                     direct_io: true,
+                    overcommit: None,
                 }),
             );
+        }
+        for (name, pool) in &cfg.pools {
+            if let PoolConfig::Local(LocalConfig {
+                overcommit: Some(r),
+                ..
+            }) = pool
+                && !(r.is_finite() && (1.0..=100.0).contains(r))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "pools.{name}.overcommit = {r}: must be a ratio from 1.0 (none) to 100"
+                )));
+            }
         }
         if let Some(d) = &cfg.default_pool
             && !cfg.pools.contains_key(d)
@@ -198,5 +217,24 @@ mod tests {
         assert!(e.to_string().contains("paht"), "{e}");
         assert!(Config::parse("[pools.a]\nkind = \"nfs\"\n").is_err());
         assert!(Config::parse("[pools.Bad]\nkind = \"local\"\n").is_err());
+        let c = Config::parse("[pools.thin]\nkind = \"local\"\novercommit = 1.5\n").unwrap();
+        assert!(
+            matches!(c.pools.values().next(), Some(PoolConfig::Local(l)) if l.overcommit == Some(1.5))
+        );
+    }
+
+    #[test]
+    fn overcommit_below_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["0.5", "-1.0", "nan", "inf", "1000.0"] {
+            let p = dir.path().join("c.toml");
+            std::fs::write(
+                &p,
+                format!("[pools.a]\nkind = \"local\"\novercommit = {bad}\n"),
+            )
+            .unwrap();
+            let e = Config::load(Some(&p)).unwrap_err();
+            assert!(e.to_string().contains("pools.a.overcommit"), "{bad}: {e}");
+        }
     }
 }

@@ -971,7 +971,8 @@ async fn hostile_mkfs_and_mount_options_are_refused_naming_them() {
         cap
     };
     // (parameters, capability, what the message must name)
-    let cases: Vec<(Vec<(&str, &str)>, csi::VolumeCapability, &str)> = vec![
+    type Case<'a> = (Vec<(&'a str, &'a str)>, csi::VolumeCapability, &'a str);
+    let cases: Vec<Case> = vec![
         (
             vec![
                 ("fsType", "xfs"),
