@@ -529,21 +529,28 @@ pub fn get_capacity(
 ) -> Result<Capacity> {
     let p = Params::parse(params)?;
     let backend = d.pool_named(p.pool.as_deref())?;
-    if check_capabilities(backend.as_ref(), caps, p.fs_type).is_err() {
-        return Ok(Capacity {
-            available: 0,
-            maximum_volume_size: Some(0),
-        });
+    let none = Capacity {
+        available: 0,
+        maximum_volume_size: Some(0),
+    };
+    if check_request(backend.as_ref(), caps, &p).is_err() {
+        return Ok(none);
     }
     if let (Some(t), Some(ours)) = (topology, backend.topology())
         && !topology_matches(t, &ours)
     {
-        return Ok(Capacity {
-            available: 0,
-            maximum_volume_size: Some(0),
-        });
+        return Ok(none);
     }
-    backend.capacity()
+    let c = backend.capacity()?;
+    // What CreateVolume would accept: an xfs volume needs XFS_MIN at least.
+    let wants_xfs = p.fs_type == Some(FsType::Xfs)
+        || caps
+            .iter()
+            .any(|c| matches!(&c.access, AccessType::Mount { fs_type, .. } if fs_type == "xfs"));
+    if wants_xfs && c.maximum_volume_size.is_some_and(|m| m < XFS_MIN) {
+        return Ok(none);
+    }
+    Ok(c)
 }
 
 pub fn expand_volume(

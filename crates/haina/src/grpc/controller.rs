@@ -229,9 +229,11 @@ impl Controller for ControllerService {
             let caps = capabilities("volume_capabilities", &r.volume_capabilities)?;
             let topo = r.accessible_topology.map(|t| sorted(t.segments));
             let c = ops::get_capacity(&d, &caps, &sorted(r.parameters), topo.as_ref())?;
+            // Saturated: a pool larger than int64 (overcommit) still says "plenty".
+            let wire = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
             Ok(csi::GetCapacityResponse {
-                available_capacity: c.available as i64,
-                maximum_volume_size: c.maximum_volume_size.map(|m| m as i64),
+                available_capacity: wire(c.available),
+                maximum_volume_size: c.maximum_volume_size.map(wire),
                 minimum_volume_size: Some(crate::volume::MIB as i64),
             })
         })
