@@ -26,8 +26,10 @@
 //!
 //! Space: the pool never promises more than it has unless the operator
 //! opted into overcommit; see [`space`] for the accounting. New promises are
-//! reserved under a short pool mutex (never held across a copy), so two
-//! concurrent creates cannot both take the same headroom.
+//! reserved under a short pool mutex (held for a comparison, never across a
+//! measurement or a copy), so two concurrent creates cannot both take the
+//! same headroom: a measurement counts only if no reservation was taken or
+//! given back while it ran.
 //!
 //! Attachments are found from the kernel (`/sys/block/loop*/loop/backing_file`),
 //! never from a record, so a restarted node plugin re-adopts its loop devices.
@@ -65,22 +67,38 @@ pub struct LocalPool {
     shared_aware: bool,
     /// `overcommit` from the config: 1.0 (none) unless the operator opted in.
     overcommit: f64,
-    /// Bytes promised to creates, snapshots and expansions in flight.
-    reserved: Mutex<u64>,
+    /// Space promised to creates, snapshots and expansions in flight.
+    ledger: Mutex<Ledger>,
 }
 
-/// Space promised to an operation in flight; given back on drop.
+/// The pool's promises in flight.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Bytes promised to operations in flight.
+    bytes: u64,
+    /// Bumped by every reservation taken or given back: a measurement taken
+    /// while it stayed the same saw every finished operation's image.
+    generation: u64,
+}
+
+/// Space promised to an operation in flight; given back on drop (once the
+/// operation's image exists and measurements see it).
 struct Reservation<'a> {
-    total: &'a Mutex<u64>,
+    ledger: &'a Mutex<Ledger>,
     bytes: u64,
 }
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        let mut t = self.total.lock().unwrap_or_else(|e| e.into_inner());
-        *t = t.saturating_sub(self.bytes);
+        let mut l = self.ledger.lock().unwrap_or_else(|e| e.into_inner());
+        l.bytes = l.bytes.saturating_sub(self.bytes);
+        l.generation += 1;
     }
 }
+
+/// Measurements retried before one is taken under the mutex (so a busy pool
+/// cannot starve a reservation).
+const MEASURE_ATTEMPTS: u32 = 3;
 
 /// One ControllerPublishVolume, as its own file.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -211,7 +229,7 @@ impl LocalPool {
             copy,
             shared_aware,
             overcommit: 1.0,
-            reserved: Mutex::new(0),
+            ledger: Mutex::new(Ledger::default()),
         })
     }
 
@@ -317,8 +335,8 @@ impl LocalPool {
         }
     }
 
-    fn lock_reserved(&self) -> MutexGuard<'_, u64> {
-        self.reserved.lock().unwrap_or_else(|e| e.into_inner())
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The pool's space now: free space and the demand of every volume
@@ -348,9 +366,30 @@ impl LocalPool {
         })
     }
 
+    /// Measures the pool and holds the ledger consistent with it: the
+    /// measurement runs without the mutex, and counts only if no reservation
+    /// was taken or given back meanwhile (else it is repeated, and after a
+    /// few tries taken under the mutex).
+    fn measure_locked(
+        &self,
+        exclude: Option<&Path>,
+    ) -> Result<(space::PoolSpace, MutexGuard<'_, Ledger>)> {
+        for _ in 0..MEASURE_ATTEMPTS {
+            let before = self.ledger().generation;
+            let space = self.measure(0, exclude)?;
+            let ledger = self.ledger();
+            if ledger.generation == before {
+                let reserved = ledger.bytes;
+                return Ok((space::PoolSpace { reserved, ..space }, ledger));
+            }
+        }
+        let ledger = self.ledger();
+        let space = self.measure(ledger.bytes, exclude)?;
+        Ok((space, ledger))
+    }
+
     /// Promises `cost` bytes to an operation on an object of `size` bytes,
-    /// or says why not (`what` names the operation in the error). The pool
-    /// mutex is held only while measuring, never across the work.
+    /// or says why not (`what` names the operation in the error).
     fn reserve(
         &self,
         cost: u64,
@@ -358,8 +397,7 @@ impl LocalPool {
         exclude: Option<&Path>,
         what: &str,
     ) -> Result<Reservation<'_>> {
-        let mut reserved = self.lock_reserved();
-        let space = self.measure(*reserved, exclude)?;
+        let (space, mut ledger) = self.measure_locked(exclude)?;
         let with = if self.overcommit > 1.0 {
             format!(" with overcommit {}", self.overcommit)
         } else {
@@ -367,9 +405,10 @@ impl LocalPool {
         };
         match space::admit(&space, self.overcommit, cost, size) {
             space::Verdict::Fits => {
-                *reserved += cost;
+                ledger.bytes += cost;
+                ledger.generation += 1;
                 Ok(Reservation {
-                    total: &self.reserved,
+                    ledger: &self.ledger,
                     bytes: cost,
                 })
             }
@@ -631,10 +670,8 @@ impl Backend for LocalPool {
     /// What a CreateVolume would accept right now, in whole MiB (sizes are
     /// whole MiB), so GetCapacity never promises what create then refuses.
     fn capacity(&self) -> Result<Capacity> {
-        let space = {
-            let reserved = self.lock_reserved();
-            self.measure(*reserved, None)?
-        };
+        let (space, ledger) = self.measure_locked(None)?;
+        drop(ledger);
         let floor = |b: u64| b / MIB * MIB;
         let available = floor(space.available(self.overcommit));
         Ok(Capacity {
@@ -882,6 +919,103 @@ impl Backend for LocalPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::volume::AccessMode;
+
+    fn pool() -> (tempfile::TempDir, LocalPool) {
+        let dir = tempfile::tempdir().unwrap();
+        let name = PoolName::parse("p").unwrap();
+        let pool = LocalPool::open(name, dir.path().join("pool"), "n".into(), true).unwrap();
+        (dir, pool)
+    }
+
+    fn publication() -> Publication {
+        Publication {
+            readonly: false,
+            mode: AccessMode::SingleNodeWriter,
+            block: false,
+        }
+    }
+
+    #[test]
+    fn publications_are_files_of_their_own_and_legacy_ones_still_count() {
+        let (_dir, pool) = pool();
+        let id = VolumeId::parse_existing("volume_id", "p.v1").unwrap();
+        let spec = CreateSpec {
+            id: id.clone(),
+            name: "v1".into(),
+            capacity: MIB,
+            context: BTreeMap::new(),
+            source: None,
+        };
+        pool.create_volume(&spec, &Secrets::default()).unwrap();
+        let pubs = pool.root().join("publications/v1");
+        // A node ID may hold '/' or '..': its file is a hash, inside the directory.
+        for node in ["node-a", "../../etc/evil", "h-looks-hashed"] {
+            pool.set_publication(&id, node, Some(publication()))
+                .unwrap();
+        }
+        let files: Vec<_> = fs::read_dir(&pubs)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files.len(), 3, "{files:?}");
+        assert!(files.contains(&"node-a.json".to_string()), "{files:?}");
+        assert!(!pool.root().join("etc").exists());
+        let v = pool.get_volume(&id).unwrap().unwrap();
+        let nodes: Vec<_> = v.publications.keys().cloned().collect();
+        assert_eq!(nodes, ["../../etc/evil", "h-looks-hashed", "node-a"]);
+        assert_eq!(pool.list_volumes().unwrap()[0].publications, v.publications);
+
+        // A record from before: its publications still count, and
+        // unpublishing clears them from the record.
+        let mut legacy = state::read::<Volume>(&pool.volume_record(&id))
+            .unwrap()
+            .unwrap();
+        legacy.publications.insert("old".into(), publication());
+        state::write(&pool.volume_record(&id), &legacy).unwrap();
+        assert_eq!(pool.get_volume(&id).unwrap().unwrap().publications.len(), 4);
+        let e = pool.delete_volume(&id, &Secrets::default()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+        for node in ["old", "node-a", "../../etc/evil", "h-looks-hashed", "never"] {
+            pool.set_publication(&id, node, None).unwrap();
+        }
+        assert!(
+            pool.get_volume(&id)
+                .unwrap()
+                .unwrap()
+                .publications
+                .is_empty()
+        );
+        let raw = state::read::<Volume>(&pool.volume_record(&id))
+            .unwrap()
+            .unwrap();
+        assert!(raw.publications.is_empty());
+        // A crashed publish's temp file does not keep the directory.
+        fs::write(pubs.join(".node-b.json.tmp.1"), b"{").unwrap();
+        pool.delete_volume(&id, &Secrets::default()).unwrap();
+        assert!(!pubs.exists());
+        assert!(pool.get_volume(&id).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_failed_create_leaves_nothing() {
+        let (_dir, pool) = pool();
+        let id = VolumeId::parse_existing("volume_id", "p.huge").unwrap();
+        let spec = CreateSpec {
+            id: id.clone(),
+            name: "huge".into(),
+            capacity: crate::volume::MAX_CAPACITY,
+            context: BTreeMap::new(),
+            source: None,
+        };
+        let e = pool.create_volume(&spec, &Secrets::default()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+        let left: Vec<_> = fs::read_dir(pool.root().join("volumes"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 
     #[test]
     fn out_of_loop_devices_is_resource_exhausted() {
