@@ -178,9 +178,7 @@ impl ObjectId {
         let object = if object_ok(name) && !hashed_form && name.len() <= MAX_OBJECT_LEN {
             name.to_string()
         } else {
-            let digest = Sha256::digest(name.as_bytes());
-            let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            format!("h-{hex}")
+            hashed_name(name)
         };
         Self {
             pool: pool.clone(),
@@ -202,6 +200,14 @@ impl fmt::Display for ObjectId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}", self.pool, self.object)
     }
+}
+
+/// `h-` and 32 hex digits of the SHA-256 of `s`: a safe, fixed-length file
+/// name for text that cannot be one itself.
+pub fn hashed_name(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("h-{hex}")
 }
 
 /// Validates a CO-supplied path (`target_path`, `staging_target_path`, ...):

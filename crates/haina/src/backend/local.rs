@@ -42,8 +42,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use sha2::{Digest, Sha256};
-
 use haina_sys::loopdev::{self, AttachOptions};
 
 use super::copy::{self, CopyMethod};
@@ -120,9 +118,7 @@ fn node_file(node: &str) -> String {
     let stem = if safe {
         node.to_string()
     } else {
-        let digest = Sha256::digest(node.as_bytes());
-        let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-        format!("h-{hex}")
+        crate::ids::hashed_name(node)
     };
     format!("{stem}.json")
 }
