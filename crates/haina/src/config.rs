@@ -6,6 +6,7 @@
 //! [pools.default]
 //! kind = "local"                # image files on loop devices
 //! # path = "/srv/haina/default" # default: <data-dir>/pools/<name>
+//! # overcommit = 1.5            # promise up to 1.5 × the free space (default: never more than it has)
 //!
 //! [pools.ceph]
 //! kind = "rbd"
@@ -20,7 +21,9 @@
 //! cluster, RADOS pool and namespace is refused at load.
 //!
 //! With no config file at all haina runs on the embedded default: one local
-//! pool named `default` under `--data-dir`.
+//! pool named `default` under `--data-dir`. A config file that configures no
+//! pool (empty, only comments) is refused, never read as "the default": an
+//! empty ConfigMap must not turn a Ceph driver into a local-disk one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -54,6 +57,11 @@ pub struct LocalConfig {
     /// Attach loop devices with direct I/O (no double caching). Default on.
     #[serde(default = "yes")]
     pub direct_io: bool,
+    /// Thin provisioning: let the pool promise volumes up to this many times
+    /// its free space (at least 1.0). Unset, the pool never promises more
+    /// than it has, so no volume loses a write because another filled it.
+    #[serde(default)]
+    pub overcommit: Option<f64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -158,7 +166,18 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| Error::internal(format!("reading config {}", p.display()), e))?;
-                Self::parse(&text).map_err(|e| e.context(format!("config {}", p.display())))?
+                let cfg =
+                    Self::parse(&text).map_err(|e| e.context(format!("config {}", p.display())))?;
+                if cfg.pools.is_empty() {
+                    return Err(Error::InvalidArgument(format!(
+                        "config {} configures no pool ({} bytes, no [pools.<name>] table); \
+                         refusing to guess: name the pools, or run without --config for the \
+                         embedded default local pool",
+                        p.display(),
+                        text.len()
+                    )));
+                }
+                cfg
             }
         };
         if cfg.pools.is_empty() {
@@ -167,8 +186,21 @@ impl Config {
                 PoolConfig::Local(LocalConfig {
                     path: None,
                     direct_io: true,
+                    overcommit: None,
                 }),
             );
+        }
+        for (name, pool) in &cfg.pools {
+            if let PoolConfig::Local(LocalConfig {
+                overcommit: Some(r),
+                ..
+            }) = pool
+                && !(r.is_finite() && (1.0..=100.0).contains(r))
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "pools.{name}.overcommit = {r}: must be a ratio from 1.0 (none) to 100"
+                )));
+            }
         }
         check_rbd_homes(&cfg.pools)?;
         if let Some(d) = &cfg.default_pool
@@ -213,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_without_pools_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, text) in [
+            ("empty.toml", ""),
+            ("blank.toml", "\n  \n# nothing here\n"),
+            ("no-pools.toml", "[pools]\n"),
+        ] {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            let e = Config::load(Some(&p)).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument(m) if m.contains(name) && m.contains("no pool")),
+                "{name}: {e}"
+            );
+        }
+        let p = dir.path().join("one.toml");
+        std::fs::write(&p, "[pools.fast]\nkind = \"local\"\n").unwrap();
+        assert_eq!(Config::load(Some(&p)).unwrap().pools.len(), 1);
+    }
+
+    #[test]
     fn parses_both_kinds_and_rejects_typos() {
         let c = Config::parse(
             r#"
@@ -235,6 +288,25 @@ mod tests {
         assert!(e.to_string().contains("paht"), "{e}");
         assert!(Config::parse("[pools.a]\nkind = \"nfs\"\n").is_err());
         assert!(Config::parse("[pools.Bad]\nkind = \"local\"\n").is_err());
+        let c = Config::parse("[pools.thin]\nkind = \"local\"\novercommit = 1.5\n").unwrap();
+        assert!(
+            matches!(c.pools.values().next(), Some(PoolConfig::Local(l)) if l.overcommit == Some(1.5))
+        );
+    }
+
+    #[test]
+    fn overcommit_below_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for bad in ["0.5", "-1.0", "nan", "inf", "1000.0"] {
+            let p = dir.path().join("c.toml");
+            std::fs::write(
+                &p,
+                format!("[pools.a]\nkind = \"local\"\novercommit = {bad}\n"),
+            )
+            .unwrap();
+            let e = Config::load(Some(&p)).unwrap_err();
+            assert!(e.to_string().contains("pools.a.overcommit"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@ use haina_sys::fs::FsType;
 use crate::backend::{Backend, CreateSpec, SharedBackend};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
-use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId};
+use crate::fsopts;
+use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId, echo};
 use crate::limiter::Guard;
 use crate::volume::{
     AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
@@ -36,22 +37,33 @@ impl Params {
             match k.as_str() {
                 "pool" => p.pool = Some(v.clone()),
                 "fsType" | "csi.storage.k8s.io/fstype" => {
-                    let fs = v
-                        .parse::<FsType>()
-                        .map_err(|e| Error::InvalidArgument(format!("parameters.{k}: {e}")))?;
-                    p.fs_type = Some(fs);
+                    p.fs_type = Some(parse_fs(&format!("parameters.{k}"), v)?);
                 }
                 "mkfsOptions" => p.mkfs_options = Some(v.clone()),
                 "mountOptions" => p.mount_options = Some(v.clone()),
                 _ if k.starts_with(K8S_PREFIX) => {}
                 _ => {
                     return Err(Error::InvalidArgument(format!(
-                        "parameters: unknown key {k:?} (known: pool, fsType, mkfsOptions, mountOptions)"
+                        "parameters: unknown key {} (known: pool, fsType, mkfsOptions, mountOptions)",
+                        echo(k)
                     )));
                 }
             }
         }
+        p.check_options(p.fs_type.unwrap_or(FsType::Ext4))?;
         Ok(p)
+    }
+
+    /// Checks `mkfsOptions` and `mountOptions` against `fs`'s allow-lists
+    /// ([`fsopts`]): nothing a request carries reaches a tool unchecked.
+    pub fn check_options(&self, fs: FsType) -> Result<()> {
+        if let Some(o) = &self.mkfs_options {
+            fsopts::mkfs_args(fs, "parameters.mkfsOptions", o)?;
+        }
+        if let Some(o) = &self.mount_options {
+            fsopts::mount_options(fs, "parameters.mountOptions", &[o])?;
+        }
+        Ok(())
     }
 
     /// What the node needs back at stage time.
@@ -70,18 +82,66 @@ impl Params {
     }
 }
 
-/// Checks capabilities against a pool: supported modes and filesystems.
-pub fn check_capabilities(backend: &dyn Backend, caps: &[Capability]) -> Result<()> {
+/// A filesystem type from a request; the error names `field` and echoes a
+/// bounded prefix of the value.
+fn parse_fs(field: &str, raw: &str) -> Result<FsType> {
+    raw.parse::<FsType>().map_err(|_| {
+        Error::InvalidArgument(format!(
+            "{field}: unsupported filesystem type {} (supported: ext4, xfs)",
+            echo(raw)
+        ))
+    })
+}
+
+/// The filesystem a mount capability gets: its own `fs_type`, else
+/// `default` (the `fsType` parameter or volume context), else ext4. `None`
+/// for a block capability.
+fn mount_fs(field: &str, cap: &Capability, default: Option<FsType>) -> Result<Option<FsType>> {
+    match &cap.access {
+        AccessType::Block => Ok(None),
+        AccessType::Mount { fs_type, .. } if fs_type.is_empty() => {
+            Ok(Some(default.unwrap_or(FsType::Ext4)))
+        }
+        AccessType::Mount { fs_type, .. } => {
+            parse_fs(&format!("{field}.mount.fs_type"), fs_type).map(Some)
+        }
+    }
+}
+
+/// Checks capabilities against a pool: supported modes and filesystems, and
+/// mount flags from the filesystem's allow-list ([`fsopts`]). `default_fs`
+/// is the filesystem a capability without `fs_type` gets.
+pub fn check_capabilities(
+    backend: &dyn Backend,
+    caps: &[Capability],
+    default_fs: Option<FsType>,
+) -> Result<()> {
     for (i, cap) in caps.iter().enumerate() {
+        let field = format!("volume_capabilities[{i}]");
         backend
             .check_capability(cap)
-            .map_err(|e| e.context(format!("volume_capabilities[{i}]")))?;
-        if let AccessType::Mount { fs_type, .. } = &cap.access
-            && !fs_type.is_empty()
+            .map_err(|e| e.context(&field))?;
+        if let (Some(fs), AccessType::Mount { mount_flags, .. }) =
+            (mount_fs(&field, cap, default_fs)?, &cap.access)
         {
-            fs_type.parse::<FsType>().map_err(|e| {
-                Error::InvalidArgument(format!("volume_capabilities[{i}].mount.fs_type: {e}"))
-            })?;
+            fsopts::mount_options(fs, &format!("{field}.mount.mount_flags"), mount_flags)?;
+        }
+    }
+    Ok(())
+}
+
+/// Checks capabilities and parameters together: the parameters' mkfs and
+/// mount options must suit the filesystem of every mount capability.
+fn check_request(backend: &dyn Backend, caps: &[Capability], params: &Params) -> Result<()> {
+    check_capabilities(backend, caps, params.fs_type)?;
+    let checked = params.fs_type.unwrap_or(FsType::Ext4);
+    for (i, cap) in caps.iter().enumerate() {
+        if let Some(fs) = mount_fs(&format!("volume_capabilities[{i}]"), cap, params.fs_type)?
+            && fs != checked
+        {
+            params
+                .check_options(fs)
+                .map_err(|e| e.context(format!("with volume_capabilities[{i}]'s {fs}")))?;
         }
     }
     Ok(())
@@ -114,7 +174,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     }
     let params = Params::parse(&req.parameters)?;
     let backend = d.pool_named(params.pool.as_deref())?;
-    check_capabilities(backend.as_ref(), &req.capabilities)?;
+    check_request(backend.as_ref(), &req.capabilities, &params)?;
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
         && !t.requisite.is_empty()
@@ -169,8 +229,9 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
             && existing.context == context;
         if !compatible {
             return Err(Error::AlreadyExists(format!(
-                "a volume named {:?} already exists ({id}, {} bytes) with different capacity, source or parameters",
-                req.name, existing.capacity
+                "a volume named {} already exists ({id}, {} bytes) with different capacity, source or parameters",
+                echo(&req.name),
+                existing.capacity
             )));
         }
         return Ok(existing);
@@ -192,14 +253,14 @@ fn source_size(d: &Driver, src: &ContentSource, secrets: &Secrets) -> Result<u64
             let id = SnapshotId::parse_existing(field, raw)?;
             let snap = d.pool_of(&id)?.get_snapshot(&id, secrets)?;
             snap.map(|s| s.size)
-                .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
+                .ok_or_else(|| Error::NotFound(format!("{field} {} does not exist", echo(raw))))
         }
         ContentSource::Volume(raw) => {
             let field = "volume_content_source.volume.volume_id";
             let id = VolumeId::parse_existing(field, raw)?;
             let vol = d.pool_of(&id)?.get_volume(&id, secrets)?;
             vol.map(|v| v.capacity)
-                .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))
+                .ok_or_else(|| Error::NotFound(format!("{field} {} does not exist", echo(raw))))
         }
     }
 }
@@ -243,7 +304,7 @@ pub fn existing_volume<'d>(
     let backend = d.pool_of(&id)?;
     let vol = backend
         .get_volume(&id, secrets)?
-        .ok_or_else(|| Error::NotFound(format!("{field} {raw_id} does not exist")))?;
+        .ok_or_else(|| Error::NotFound(format!("{field} {} does not exist", echo(raw_id))))?;
     Ok((id, backend, vol))
 }
 
@@ -305,8 +366,9 @@ pub fn publish_volume(
         // node alone can reach it, and its own records are authoritative.
         if *owner != req.node_id {
             return Err(Error::NotFound(format!(
-                "node_id {:?} cannot reach volume {id}: it lives in a local pool on node {owner}",
-                req.node_id
+                "node_id {} cannot reach volume {id}: it lives in a local pool on node {}",
+                echo(&req.node_id),
+                echo(owner)
             )));
         }
         return Ok(BTreeMap::from([
@@ -319,14 +381,23 @@ pub fn publish_volume(
         let node = t.get(crate::volume::TOPOLOGY_NODE_KEY);
         if node.is_some_and(|n| n != &req.node_id) {
             return Err(Error::NotFound(format!(
-                "node_id {:?} cannot reach volume {id}: local pool {} lives on node {}",
-                req.node_id,
+                "node_id {} cannot reach volume {id}: local pool {} lives on node {}",
+                echo(&req.node_id),
                 backend.name(),
                 node.map(String::as_str).unwrap_or("?")
             )));
         }
     }
-    check_capabilities(backend.as_ref(), std::slice::from_ref(&req.capability))?;
+    let default_fs = vol
+        .context
+        .get("fsType")
+        .map(|f| parse_fs("volume_context.fsType", f))
+        .transpose()?;
+    check_capabilities(
+        backend.as_ref(),
+        std::slice::from_ref(&req.capability),
+        default_fs,
+    )?;
     let wanted = Publication {
         readonly: req.readonly,
         mode: req.capability.mode,
@@ -373,16 +444,23 @@ pub fn validate_capabilities(
     params: &BTreeMap<String, String>,
     secrets: &Secrets,
 ) -> Result<std::result::Result<(), String>> {
-    let (_, backend, _) = existing_volume(d, "volume_id", raw_id, secrets)?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", raw_id, secrets)?;
     if caps.is_empty() {
         return Err(Error::InvalidArgument(
             "volume_capabilities is required".into(),
         ));
     }
-    if let Err(e) = Params::parse(params) {
-        return Ok(Err(e.to_string()));
+    let mut params = match Params::parse(params) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    // The volume's own filesystem is what a capability without one gets.
+    if params.fs_type.is_none()
+        && let Some(f) = vol.context.get("fsType")
+    {
+        params.fs_type = f.parse().ok();
     }
-    Ok(check_capabilities(backend.as_ref(), caps).map_err(|e| e.to_string()))
+    Ok(check_request(backend.as_ref(), caps, &params).map_err(|e| e.to_string()))
 }
 
 /// One page of a sorted list. The token is the ID of the next entry, so a
@@ -408,7 +486,8 @@ pub fn page<T>(
                 .unwrap_or(items.len()),
             _ => {
                 return Err(Error::Aborted(format!(
-                    "starting_token {token:?} is not a token haina issued"
+                    "starting_token {} is not a token haina issued",
+                    echo(token)
                 )));
             }
         }
@@ -451,21 +530,28 @@ pub fn get_capacity(
 ) -> Result<Capacity> {
     let p = Params::parse(params)?;
     let backend = d.pool_named(p.pool.as_deref())?;
-    if check_capabilities(backend.as_ref(), caps).is_err() {
-        return Ok(Capacity {
-            available: 0,
-            maximum_volume_size: Some(0),
-        });
+    let none = Capacity {
+        available: 0,
+        maximum_volume_size: Some(0),
+    };
+    if check_request(backend.as_ref(), caps, &p).is_err() {
+        return Ok(none);
     }
     if let (Some(t), Some(ours)) = (topology, backend.topology())
         && !topology_matches(t, &ours)
     {
-        return Ok(Capacity {
-            available: 0,
-            maximum_volume_size: Some(0),
-        });
+        return Ok(none);
     }
-    backend.capacity(secrets)
+    let c = backend.capacity(secrets)?;
+    // What CreateVolume would accept: an xfs volume needs XFS_MIN at least.
+    let wants_xfs = p.fs_type == Some(FsType::Xfs)
+        || caps
+            .iter()
+            .any(|c| matches!(&c.access, AccessType::Mount { fs_type, .. } if fs_type == "xfs"));
+    if wants_xfs && c.maximum_volume_size.is_some_and(|m| m < XFS_MIN) {
+        return Ok(none);
+    }
+    Ok(c)
 }
 
 pub fn expand_volume(
@@ -510,14 +596,16 @@ pub fn create_snapshot(
         Parsed::Ours(id) => id,
         Parsed::Foreign => {
             return Err(Error::NotFound(format!(
-                "source_volume_id {raw_source} does not exist"
+                "source_volume_id {} does not exist",
+                echo(raw_source)
             )));
         }
     };
     for k in params.keys() {
         if !k.starts_with(K8S_PREFIX) {
             return Err(Error::InvalidArgument(format!(
-                "parameters: unknown key {k:?}"
+                "parameters: unknown key {}",
+                echo(k)
             )));
         }
     }
@@ -539,14 +627,18 @@ pub fn create_snapshot(
             && s.source_volume_id != raw_source
         {
             return Err(Error::AlreadyExists(format!(
-                "snapshot {name:?} already exists for source volume {}",
+                "snapshot {} already exists for source volume {}",
+                echo(name),
                 s.source_volume_id
             )));
         }
     }
-    let backend = d
-        .pool_of(&source)
-        .map_err(|_| Error::NotFound(format!("source_volume_id {raw_source} does not exist")))?;
+    let backend = d.pool_of(&source).map_err(|_| {
+        Error::NotFound(format!(
+            "source_volume_id {} does not exist",
+            echo(raw_source)
+        ))
+    })?;
     let id = SnapshotId::for_name(source.pool(), name);
     let _guard = d.limiter.snapshot(&id)?;
     let _source_guard = d.limiter.volume(&source)?;
@@ -564,7 +656,7 @@ pub fn get_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<Snaps
     let id = SnapshotId::parse_existing("snapshot_id", raw_id)?;
     d.pool_of(&id)?
         .get_snapshot(&id, secrets)?
-        .ok_or_else(|| Error::NotFound(format!("snapshot_id {raw_id} does not exist")))
+        .ok_or_else(|| Error::NotFound(format!("snapshot_id {} does not exist", echo(raw_id))))
 }
 
 pub fn list_snapshots(
@@ -657,6 +749,26 @@ mod tests {
             "{e}"
         );
         assert!(Params::parse(&m(&[("fsType", "ntfs")])).is_err());
+        // mkfs and mount options are checked against the fsType's allow-list.
+        let ok = Params::parse(&m(&[("fsType", "xfs"), ("mkfsOptions", "-b size=4096")])).unwrap();
+        assert_eq!(ok.mkfs_options.as_deref(), Some("-b size=4096"));
+        for (kv, named) in [
+            (
+                &[("fsType", "xfs"), ("mkfsOptions", "-l logdev=/dev/sda")][..],
+                "logdev",
+            ),
+            (&[("mkfsOptions", "-b size=4096")][..], "size=4096"),
+            (&[("mountOptions", "errors=panic")][..], "errors=panic"),
+        ] {
+            let e = Params::parse(&m(kv)).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument(msg) if msg.contains(named)),
+                "{kv:?}: {e}"
+            );
+        }
+        let long = "k".repeat(10_000);
+        let e = Params::parse(&m(&[(long.as_str(), "v")])).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
     }
 
     #[test]

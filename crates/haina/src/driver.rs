@@ -68,13 +68,16 @@ impl Driver {
                         .path
                         .clone()
                         .unwrap_or_else(|| data_dir.join("pools").join(name.as_str()));
-                    Arc::new(LocalPool::open(
-                        name.clone(),
-                        root,
-                        node_id.clone(),
-                        l.direct_io,
-                        host.clone(),
-                    )?)
+                    Arc::new(
+                        LocalPool::open(
+                            name.clone(),
+                            root,
+                            node_id.clone(),
+                            l.direct_io,
+                            host.clone(),
+                        )?
+                        .with_overcommit(l.overcommit),
+                    )
                 }
                 PoolConfig::Rbd(r) => {
                     Arc::new(RbdPool::open(name.clone(), r, node_id.clone(), &data_dir)?)

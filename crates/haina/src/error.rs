@@ -114,9 +114,33 @@ impl std::error::Error for Error {
     }
 }
 
+/// The longest status message sent. gRPC carries the message in a header
+/// (percent-encoded, so up to three times longer on the wire), and a header
+/// block over the peer's limit (16 KiB by default) turns the reply into a
+/// protocol error: the client would never see the code.
+pub const MAX_STATUS_MESSAGE: usize = 2048;
+
+/// `m` cut to [`MAX_STATUS_MESSAGE`] bytes on a character boundary, saying
+/// how much was cut.
+fn bounded(mut m: String) -> String {
+    if m.len() <= MAX_STATUS_MESSAGE {
+        return m;
+    }
+    let mut end = MAX_STATUS_MESSAGE - 40;
+    while !m.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = m.len() - end;
+    m.truncate(end);
+    m.push_str(&format!("… ({cut} more bytes)"));
+    m
+}
+
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        tonic::Status::new(e.code(), e.to_string())
+        // Messages echo client input only through `ids::echo`; this is the
+        // safety net for everything else (tool output, nested contexts).
+        tonic::Status::new(e.code(), bounded(e.to_string()))
     }
 }
 
@@ -137,7 +161,9 @@ impl From<haina_sys::host::HostError> for Error {
         match e {
             H::Stalled(s) => Self::Stalled(s.to_string()),
             H::Exec(x) => Self::from(x),
-            H::Loop(LoopError::NoFreeDevice { .. }) => Self::ResourceExhausted(e.to_string()),
+            H::Loop(LoopError::NoFreeDevice { .. } | LoopError::NoDeviceLeft { .. }) => {
+                Self::ResourceExhausted(e.to_string())
+            }
             other => Self::internal("host call", other),
         }
     }
@@ -164,5 +190,21 @@ mod tests {
             Error::internal("writing /x", std::io::Error::other("disk on fire")).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert_eq!(s.message(), "writing /x: disk on fire");
+    }
+
+    #[test]
+    fn status_messages_are_bounded() {
+        let long = format!("node_id {} is bad", "é".repeat(20_000));
+        let s: tonic::Status = Error::InvalidArgument(long).into();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert!(
+            s.message().len() <= MAX_STATUS_MESSAGE,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().starts_with("node_id éé"));
+        assert!(s.message().ends_with("more bytes)"), "{}", s.message());
+        let short: tonic::Status = Error::NotFound("x".into()).into();
+        assert_eq!(short.message(), "x");
     }
 }

@@ -21,6 +21,25 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
+/// How many bytes of a client-supplied string an error message repeats.
+pub const ECHO_MAX: usize = 64;
+
+/// Client input as an error message repeats it: quoted and escaped, and cut
+/// to [`ECHO_MAX`] bytes (on a character boundary) followed by how many bytes
+/// were left out, so no message grows with the request (a 10 KB `node_id`
+/// echoed whole overflows gRPC's metadata and the client sees a protocol
+/// error instead of the status). Use it for every echo of request text.
+pub fn echo(s: &str) -> String {
+    if s.len() <= ECHO_MAX {
+        return format!("{s:?}");
+    }
+    let mut end = ECHO_MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{:?}… ({} more bytes)", &s[..end], s.len() - end)
+}
+
 /// The CSI spec's limit on IDs an SP returns.
 pub const MAX_ID_LEN: usize = 128;
 const MAX_POOL_LEN: usize = 31;
@@ -44,7 +63,8 @@ impl PoolName {
             Ok(Self(s.to_string()))
         } else {
             Err(Error::InvalidArgument(format!(
-                "pool name {s:?} is invalid: use 1-{MAX_POOL_LEN} of [a-z0-9-], not starting with '-'"
+                "pool name {} is invalid: use 1-{MAX_POOL_LEN} of [a-z0-9-], not starting with '-'",
+                echo(s)
             )))
         }
     }
@@ -114,11 +134,15 @@ impl ObjectId {
             .any(|b| b == 0 || b == b'/' || b == b'\\' || b.is_ascii_control())
         {
             return Err(Error::InvalidArgument(format!(
-                "{field} {s:?} holds '/', '\\', NUL or a control character"
+                "{field} {} holds '/', '\\', NUL or a control character",
+                echo(s)
             )));
         }
         if s.contains("..") {
-            return Err(Error::InvalidArgument(format!("{field} {s:?} holds '..'")));
+            return Err(Error::InvalidArgument(format!(
+                "{field} {} holds '..'",
+                echo(s)
+            )));
         }
         let Some((pool, object)) = s.split_once('.') else {
             return Ok(Parsed::Foreign);
@@ -136,7 +160,10 @@ impl ObjectId {
     pub fn parse_existing(field: &str, s: &str) -> Result<Self> {
         match Self::parse(field, s)? {
             Parsed::Ours(id) => Ok(id),
-            Parsed::Foreign => Err(Error::NotFound(format!("{field} {s:?} does not exist"))),
+            Parsed::Foreign => Err(Error::NotFound(format!(
+                "{field} {} does not exist",
+                echo(s)
+            ))),
         }
     }
 
@@ -151,9 +178,7 @@ impl ObjectId {
         let object = if object_ok(name) && !hashed_form && name.len() <= MAX_OBJECT_LEN {
             name.to_string()
         } else {
-            let digest = Sha256::digest(name.as_bytes());
-            let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-            format!("h-{hex}")
+            hashed_name(name)
         };
         Self {
             pool: pool.clone(),
@@ -177,6 +202,14 @@ impl fmt::Display for ObjectId {
     }
 }
 
+/// `h-` and 32 hex digits of the SHA-256 of `s`: a safe, fixed-length file
+/// name for text that cannot be one itself.
+pub fn hashed_name(s: &str) -> String {
+    let digest = Sha256::digest(s.as_bytes());
+    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("h-{hex}")
+}
+
 /// Validates a CO-supplied path (`target_path`, `staging_target_path`, ...):
 /// required, absolute, no NUL, no `..` component, normalised.
 pub fn abs_path(field: &str, s: &str) -> Result<PathBuf> {
@@ -189,12 +222,14 @@ pub fn abs_path(field: &str, s: &str) -> Result<PathBuf> {
     let p = Path::new(s);
     if !p.is_absolute() {
         return Err(Error::InvalidArgument(format!(
-            "{field} {s:?} is not an absolute path"
+            "{field} {} is not an absolute path",
+            echo(s)
         )));
     }
     if p.components().any(|c| c == Component::ParentDir) {
         return Err(Error::InvalidArgument(format!(
-            "{field} {s:?} holds a '..' component"
+            "{field} {} holds a '..' component",
+            echo(s)
         )));
     }
     if s.len() > 4096 {
@@ -229,7 +264,8 @@ pub fn node_id(field: &str, s: &str) -> Result<String> {
     }
     if s.len() > MAX_ID_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(Error::InvalidArgument(format!(
-            "{field} {s:?} must be 1-{MAX_ID_LEN} printable ASCII bytes without spaces"
+            "{field} {} must be 1-{MAX_ID_LEN} printable ASCII bytes without spaces",
+            echo(s)
         )));
     }
     Ok(s.to_string())
@@ -291,6 +327,23 @@ mod tests {
         // A name that looks like a hash is hashed too, so it cannot collide.
         let h = ObjectId::for_name(&pool, "x/y").object().to_string();
         assert_ne!(ObjectId::for_name(&pool, &h).object(), h);
+    }
+
+    #[test]
+    fn echoes_are_bounded() {
+        assert_eq!(echo("node-a"), "\"node-a\"");
+        assert_eq!(
+            echo(&"x".repeat(ECHO_MAX)),
+            format!("{:?}", "x".repeat(ECHO_MAX))
+        );
+        let e = echo(&"é".repeat(5000));
+        assert!(e.len() < ECHO_MAX + 40, "{e}");
+        assert!(e.ends_with("(9936 more bytes)"), "{e}");
+        assert_eq!(echo("a\nb"), "\"a\\nb\"");
+        let e = node_id("node_id", &"n".repeat(10_000))
+            .unwrap_err()
+            .to_string();
+        assert!(e.len() < 200 && e.contains("more bytes"), "{e}");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! | [`state`] | crash-safe per-object records (temp + fsync + rename) |
 //! | [`volume`] | shared domain types: capabilities, records, capacity rules |
 //! | [`config`] | the pool config file |
+//! | [`fsopts`] | the allow-lists for mkfs and mount options from requests |
 //! | [`server`] | the gRPC server on a bound listener with a shutdown future |
 //! | [`metrics`], [`health`] | Prometheus metrics, `/healthz`, and the readiness Probe answers from |
 //! | [`failpoint`] | named failure points (`HAINA_FAILPOINTS`) for crash and error-path tests |

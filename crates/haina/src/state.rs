@@ -33,7 +33,18 @@ impl std::fmt::Display for StateError {
 impl std::error::Error for StateError {}
 
 impl From<StateError> for crate::error::Error {
+    /// A full filesystem is RESOURCE_EXHAUSTED (the CO retries once space is
+    /// freed); anything else is INTERNAL.
     fn from(e: StateError) -> Self {
+        let full = e.source.downcast_ref::<io::Error>().is_some_and(|io| {
+            matches!(io.raw_os_error(), Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error()
+                || c == rustix::io::Errno::DQUOT.raw_os_error())
+        });
+        if full {
+            return crate::error::Error::ResourceExhausted(format!(
+                "state record: {e}: the filesystem is full"
+            ));
+        }
         crate::error::Error::internal("state record", e)
     }
 }
@@ -157,6 +168,20 @@ mod tests {
         remove(&p).unwrap();
         assert_eq!(read::<Rec>(&p).unwrap(), None);
         assert!(list(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_full_filesystem_is_resource_exhausted() {
+        let e = err(
+            "write",
+            Path::new("/pool/x.json"),
+            io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()),
+        );
+        let e = crate::error::Error::from(e);
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert!(e.to_string().contains("x.json"), "{e}");
+        let e = crate::error::Error::from(err("write", Path::new("/x"), io::Error::other("boom")));
+        assert_eq!(e.code(), tonic::Code::Internal);
     }
 
     #[test]

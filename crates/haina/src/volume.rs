@@ -15,6 +15,9 @@ pub const MIB: u64 = 1 << 20;
 pub const GIB: u64 = 1 << 30;
 /// Capacity when the CO gives no range.
 pub const DEFAULT_CAPACITY: u64 = GIB;
+/// The largest capacity haina hands out: whole MiB that still fit the
+/// wire's `int64` (a size rounded up from `i64::MAX` would not).
+pub const MAX_CAPACITY: u64 = (i64::MAX as u64) / MIB * MIB;
 /// xfsprogs refuses to make filesystems smaller than 300 MB.
 pub const XFS_MIN: u64 = 300 * MIB;
 
@@ -149,7 +152,15 @@ pub fn size_for_range(required: i64, limit: i64, minimum: u64) -> Result<u64> {
         required
     };
     let wanted = wanted.max(minimum).max(MIB);
-    let size = wanted.div_ceil(MIB) * MIB;
+    let Some(size) = wanted
+        .div_ceil(MIB)
+        .checked_mul(MIB)
+        .filter(|s| *s <= MAX_CAPACITY)
+    else {
+        return Err(Error::OutOfRange(format!(
+            "capacity_range: {wanted} bytes rounded up to whole MiB is more than a volume can have ({MAX_CAPACITY} bytes)"
+        )));
+    };
     if limit > 0 && size > limit {
         // Rounding up overshot the limit; a smaller whole-MiB size may still fit.
         let down = limit / MIB * MIB;
@@ -221,6 +232,15 @@ mod tests {
             Err(Error::OutOfRange(_))
         ));
         assert!(matches!(t(-1, 0, 0), Err(Error::InvalidArgument(_))));
+        // Rounding never leaves what int64 can carry.
+        assert!(matches!(t(i64::MAX, 0, 0), Err(Error::OutOfRange(_))));
+        assert_eq!(t(MAX_CAPACITY as i64, 0, 0).unwrap(), MAX_CAPACITY);
+        assert!(matches!(
+            t(MAX_CAPACITY as i64 + 1, 0, 0),
+            Err(Error::OutOfRange(_))
+        ));
+        assert!(matches!(t(0, 0, u64::MAX), Err(Error::OutOfRange(_))));
+        assert_eq!(t(1 << 60, 0, 0).unwrap(), 1 << 60);
         assert!(matches!(t(10, 5, 0), Err(Error::InvalidArgument(_))));
         assert!(fits_range(GIB, GIB as i64, 0));
         assert!(!fits_range(GIB, 2 * GIB as i64, 0));

@@ -953,3 +953,294 @@ async fn secrets_never_reach_the_logs() {
     );
     assert!(!logs.contains("AQB"), "a key prefix leaked into the logs");
 }
+
+/// mkfs and mount options come from an allow-list: an option that names a
+/// path or a device, copies host files, or can take the node down is
+/// INVALID_ARGUMENT naming it, at CreateVolume (parameters and the
+/// capability's mount_flags), ControllerPublishVolume and
+/// ValidateVolumeCapabilities, and nothing is created.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_mkfs_and_mount_options_are_refused_naming_them() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let with_flags = |fs: &str, flags: &[&str]| {
+        let mut cap = mount_cap(fs, Mode::SingleNodeWriter);
+        if let Some(csi::volume_capability::AccessType::Mount(m)) = &mut cap.access_type {
+            m.mount_flags = flags.iter().map(|f| f.to_string()).collect();
+        }
+        cap
+    };
+    // (parameters, capability, what the message must name)
+    type Case<'a> = (Vec<(&'a str, &'a str)>, csi::VolumeCapability, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("fsType", "xfs"),
+                ("mkfsOptions", "-l logdev=/dev/loop0,size=64m"),
+            ],
+            with_flags("", &[]),
+            "logdev=/dev/loop0",
+        ),
+        (
+            vec![("mkfsOptions", "-d /etc")],
+            with_flags("ext4", &[]),
+            "-d",
+        ),
+        (
+            vec![("fsType", "xfs"), ("mkfsOptions", "-p /etc/protofile")],
+            with_flags("xfs", &[]),
+            "-p",
+        ),
+        (
+            vec![("mkfsOptions", "-b 4096 /dev/sda")],
+            with_flags("ext4", &[]),
+            "/dev/sda",
+        ),
+        (
+            vec![("mkfsOptions", "-J device=/dev/sdb")],
+            with_flags("ext4", &[]),
+            "device=/dev/sdb",
+        ),
+        (
+            vec![("mountOptions", "noatime,errors=panic")],
+            with_flags("ext4", &[]),
+            "errors=panic",
+        ),
+        (
+            vec![("mountOptions", "journal_path=/dev/sdb")],
+            with_flags("ext4", &[]),
+            "journal_path=/dev/sdb",
+        ),
+        (
+            vec![("fsType", "xfs"), ("mountOptions", "rtdev=/dev/sdc")],
+            with_flags("xfs", &[]),
+            "rtdev=/dev/sdc",
+        ),
+        (vec![], with_flags("ext4", &["errors=panic"]), "mount_flags"),
+        (
+            vec![],
+            with_flags("ext4", &["noatime", "usrjquota=/etc/shadow"]),
+            "usrjquota",
+        ),
+        (vec![], with_flags("xfs", &["logdev=/dev/sdb"]), "logdev"),
+        // ext4 syntax is checked against the filesystem the capability asks for.
+        (
+            vec![("mkfsOptions", "-b 4096")],
+            with_flags("xfs", &[]),
+            "-b",
+        ),
+    ];
+    for (i, (kv, cap, named)) in cases.into_iter().enumerate() {
+        let mut r = create_req(&format!("hostile-{i}"), 300 * MIB, cap);
+        r.parameters = params(&kv);
+        let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+        assert!(m.contains(named), "case {i} ({kv:?}): {m}");
+    }
+    let leftovers: Vec<_> = ["img", "tmp", "json"]
+        .iter()
+        .flat_map(|e| files_with_ext(&server.data_dir(), e))
+        .collect();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+
+    // Allowed options pass, and later calls check the flags too.
+    let mut r = create_req("tuned", 16 * MIB, with_flags("ext4", &["noatime", "nodev"]));
+    r.parameters = params(&[
+        ("mkfsOptions", "-m 0 -i 8192 -L data -E stride=16"),
+        ("mountOptions", "errors=remount-ro,commit=30"),
+    ]);
+    let vol = c
+        .controller
+        .create_volume(r)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let id = vol.volume_id.clone();
+    let m = expect_code(
+        c.controller
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: id.clone(),
+                node_id: server.node_id.clone(),
+                volume_capability: Some(with_flags("", &["errors=panic"])),
+                volume_context: vol.volume_context.clone(),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(m.contains("errors=panic"), "{m}");
+    let v = c
+        .controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![with_flags("ext4", &["journal_dev=2049"])],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        v.confirmed.is_none() && v.message.contains("journal_dev"),
+        "{v:?}"
+    );
+    let v = c
+        .controller
+        .validate_volume_capabilities(csi::ValidateVolumeCapabilitiesRequest {
+            volume_id: id.clone(),
+            volume_capabilities: vec![with_flags("ext4", &["noatime"])],
+            parameters: params(&[("mkfsOptions", "-z /tmp/undo")]),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.confirmed.is_none() && v.message.contains("-z"), "{v:?}");
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.assert_no_leaks();
+}
+
+/// Messages echo at most a bounded prefix of client input: a 10 KB field
+/// still gets its status code and a message naming the field (echoed whole,
+/// it overflowed gRPC's metadata and the client saw a protocol error).
+#[tokio::test(flavor = "multi_thread")]
+async fn huge_client_input_is_echoed_bounded() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let snw = mount_cap("ext4", Mode::SingleNodeWriter);
+    // `%` is percent-encoded in the grpc-message header: 30 KB on the wire.
+    let huge = "%".repeat(10_000);
+    let bounded = |m: &str| assert!(m.len() < 1024, "{} bytes: {m:.200}", m.len());
+
+    let vol = c
+        .controller
+        .create_volume(create_req("echo", MIB, snw.clone()))
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let m = expect_code(
+        c.controller
+            .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+                volume_id: vol.volume_id.clone(),
+                node_id: huge.clone(),
+                volume_capability: Some(snw.clone()),
+                ..Default::default()
+            })
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        m.contains("node_id") && m.contains("more bytes"),
+        "{m:.200}"
+    );
+    bounded(&m);
+
+    let mut r = create_req("echo-params", MIB, snw.clone());
+    r.parameters = params(&[(huge.as_str(), "x")]);
+    let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+    assert!(m.contains("parameters"), "{m:.200}");
+    bounded(&m);
+
+    let mut r = create_req("echo-mkfs", MIB, snw.clone());
+    r.parameters = params(&[("mkfsOptions", &format!("-L {huge}"))]);
+    let m = expect_code(c.controller.create_volume(r).await, Code::InvalidArgument);
+    assert!(m.contains("mkfsOptions"), "{m:.200}");
+    bounded(&m);
+
+    // A long name whose volume exists with another size: ALREADY_EXISTS.
+    let long_name = "v".repeat(10_000);
+    c.controller
+        .create_volume(create_req(&long_name, MIB, snw.clone()))
+        .await
+        .unwrap();
+    let m = expect_code(
+        c.controller
+            .create_volume(create_req(&long_name, 2 * MIB, snw.clone()))
+            .await,
+        Code::AlreadyExists,
+    );
+    bounded(&m);
+
+    let m = expect_code(
+        c.controller
+            .list_volumes(csi::ListVolumesRequest {
+                max_entries: 0,
+                starting_token: format!("default.{huge}"),
+            })
+            .await,
+        Code::Aborted,
+    );
+    bounded(&m);
+
+    for e in c
+        .controller
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .entries
+    {
+        c.controller
+            .delete_volume(csi::DeleteVolumeRequest {
+                volume_id: e.volume.unwrap().volume_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    server.assert_no_leaks();
+}
+
+/// An empty config file (an empty ConfigMap) is refused at start-up, never
+/// read as "the embedded default local pool".
+#[test]
+fn serve_refuses_a_config_file_without_pools() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("empty.toml");
+    std::fs::write(&config, "# the ConfigMap was empty\n").unwrap();
+    let log = dir.path().join("serve.log");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_haina"))
+        .args(["serve", "--node-id", "n", "--endpoint"])
+        .arg(format!("unix://{}", dir.path().join("csi.sock").display()))
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "served an empty config ({status:?}): {stderr}"
+    );
+    assert!(
+        stderr.contains("empty.toml") && stderr.contains("no pool"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data/pools").exists(),
+        "a local pool was created"
+    );
+}

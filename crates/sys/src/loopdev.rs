@@ -73,6 +73,14 @@ pub enum LoopError {
     /// Every free device we were offered was taken by someone else first.
     #[error("no free loop device for {path}: lost the race {attempts} times")]
     NoFreeDevice { path: PathBuf, attempts: u32 },
+    /// The kernel has no loop device to give (LOOP_CTL_GET_FREE failed: all
+    /// in use and no more can be made, e.g. `max_loop` reached).
+    #[error("no free loop device for {path}: LOOP_CTL_GET_FREE: {errno}")]
+    NoDeviceLeft {
+        path: PathBuf,
+        #[source]
+        errno: Errno,
+    },
     /// An open, mknod or ioctl on a loop device (or loop-control) failed.
     #[error("{op} on {device}: {errno}")]
     Device {
@@ -317,9 +325,8 @@ fn configure(
         let claimed = {
             let _guard = attach_lock();
             let index = ioctl::with_int(&ctl, IntOp::LoopCtlGetFree, 0).map_err(|errno| {
-                LoopError::Device {
-                    op: "LOOP_CTL_GET_FREE",
-                    device: LOOP_CONTROL.into(),
+                LoopError::NoDeviceLeft {
+                    path: path.clone(),
                     errno,
                 }
             })?;

@@ -10,6 +10,12 @@
 //! - `snapshot`: snapshot and clone of a 1 GiB volume holding 512 MiB of
 //!   data, on a reflink pool (xfs, reflink=1) and on a copy pool (ext4),
 //!   side by side: time and extra space used.
+//! - `capacity`: the cost of the local pool's space accounting (what every
+//!   CreateVolume, snapshot and expansion pays, and what GetCapacity
+//!   answers from) on pools of 10, 100 and 1000 volumes, on a sparse-copy
+//!   pool (st_blocks) and on a reflink pool whose every volume has a
+//!   snapshot (FIEMAP), against one statvfs (what GetCapacity cost before)
+//!   and against the CreateVolume it guards, measured in the same run.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -51,6 +57,14 @@ enum What {
         #[arg(long, default_value = "/var/tmp")]
         work_dir: PathBuf,
     },
+    /// Cost of the local pool's space accounting with many volumes.
+    Capacity {
+        /// Pool sizes (volume counts) to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        volumes: Vec<usize>,
+        #[arg(long, default_value = "/var/tmp")]
+        work_dir: PathBuf,
+    },
 }
 
 pub async fn run(args: Args) -> Result<(), BoxError> {
@@ -62,6 +76,7 @@ pub async fn run(args: Args) -> Result<(), BoxError> {
             work_dir,
         } => lifecycle(rounds, size_mib, rss_rounds, &work_dir).await,
         What::Snapshot { work_dir } => snapshot(&work_dir).await,
+        What::Capacity { volumes, work_dir } => capacity(&volumes, &work_dir),
     }
 }
 
@@ -542,4 +557,105 @@ async fn snapshot_one(
         })
         .await?;
     Ok((snap_ms, clone_ms, extra, method))
+}
+
+/// Mean time of `f` over `rounds` calls.
+fn mean(rounds: u32, mut f: impl FnMut() -> Result<(), BoxError>) -> Result<Duration, BoxError> {
+    let t = Instant::now();
+    for _ in 0..rounds {
+        f()?;
+    }
+    Ok(t.elapsed() / rounds)
+}
+
+fn capacity(counts: &[usize], work_dir: &Path) -> Result<(), BoxError> {
+    use crate::backend::local::LocalPool;
+    use crate::backend::{Backend, CreateSpec};
+    use crate::ids::{PoolName, VolumeId};
+    use crate::volume::Secrets;
+    use std::os::unix::fs::FileExt;
+
+    let dir = tempfile::Builder::new()
+        .prefix("haina-bench-")
+        .tempdir_in(work_dir)?;
+    let xfs = ScratchXfs::new(dir.path(), 8 << 30)?;
+    println!(
+        "space accounting per call (GetCapacity, and what each CreateVolume/snapshot/expansion adds)"
+    );
+    println!(
+        "{:<9} {:>7} {:>12} {:>14} {:>12} {:>16} {:>16}",
+        "pool",
+        "volumes",
+        "statvfs µs",
+        "accounting µs",
+        "ratio",
+        "CreateVolume µs",
+        "accounting/create"
+    );
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    for (kind, root) in [
+        ("sparse", dir.path().join("sparse-pool")),
+        ("reflink", xfs.mount.join("pool")),
+    ] {
+        let name = PoolName::parse(kind)?;
+        let host: haina_sys::host::SharedHost = std::sync::Arc::new(haina_sys::host::RealHost);
+        let pool = LocalPool::open(name.clone(), root.clone(), "bench".into(), true, host)?;
+        let mut made = 0;
+        for &n in counts {
+            // Grow the pool to n volumes, each with 16 written 4 KiB extents
+            // (and, on the reflink pool, a snapshot sharing them).
+            let mut create = Duration::ZERO;
+            let new = n.saturating_sub(made);
+            for i in made..n {
+                let id = VolumeId::for_name(&name, &format!("v{i}"));
+                let spec = CreateSpec {
+                    id: id.clone(),
+                    name: format!("v{i}"),
+                    capacity: 1 << 20,
+                    context: Default::default(),
+                    source: None,
+                };
+                let t = Instant::now();
+                pool.create_volume(&spec, &Secrets::default())?;
+                create += t.elapsed();
+                let img = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(pool.volume_image(&id))?;
+                for k in 0..16u64 {
+                    img.write_all_at(&[0xa5; 4096], k * 65536)?;
+                }
+                img.sync_all()?;
+                if kind == "reflink" {
+                    let snap = VolumeId::for_name(&name, &format!("s{i}"));
+                    pool.create_snapshot(&snap, &format!("s{i}"), &id, &Secrets::default())?;
+                }
+            }
+            made = made.max(n);
+            let base = mean(200, || {
+                rustix::fs::statvfs(&root)?;
+                Ok(())
+            })?;
+            let acct = mean(20, || {
+                pool.capacity(&Secrets::default())?;
+                Ok(())
+            })?;
+            let per_create = if new > 0 {
+                create / new as u32
+            } else {
+                Duration::ZERO
+            };
+            println!(
+                "{:<9} {:>7} {:>12.1} {:>14.1} {:>12.1} {:>16.1} {:>16.2}",
+                kind,
+                n,
+                us(base),
+                us(acct),
+                us(acct) / us(base).max(1e-3),
+                us(per_create),
+                us(acct) / us(per_create).max(1e-3),
+            );
+        }
+    }
+    drop(xfs);
+    Ok(())
 }

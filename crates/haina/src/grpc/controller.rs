@@ -237,9 +237,11 @@ impl Controller for ControllerService {
                 topo.as_ref(),
                 &Secrets::default(),
             )?;
+            // Saturated: a pool larger than int64 (overcommit) still says "plenty".
+            let wire = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
             Ok(csi::GetCapacityResponse {
-                available_capacity: c.available as i64,
-                maximum_volume_size: c.maximum_volume_size.map(|m| m as i64),
+                available_capacity: wire(c.available),
+                maximum_volume_size: c.maximum_volume_size.map(wire),
                 minimum_volume_size: Some(crate::volume::MIB as i64),
             })
         })
