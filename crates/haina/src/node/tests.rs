@@ -642,3 +642,47 @@ fn a_stage_that_attaches_nothing_leaves_no_record() {
     assert_eq!(e.code(), tonic::Code::NotFound, "{e}");
     n.assert_clean(0);
 }
+
+/// Issue 9, item 2: the volume_context reaching the node comes from the
+/// CO: hostile mkfs and mount options are refused there too, before
+/// anything is attached.
+#[test]
+fn hostile_options_in_the_volume_context_are_refused_at_stage() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.host.mkdir(STAGE);
+    for (fs, key, value) in [
+        ("xfs", "mkfsOptions", "-l logdev=/dev/loop0,size=64m"),
+        ("ext4", "mkfsOptions", "-d /etc"),
+        ("ext4", "mountOptions", "errors=panic"),
+        ("ext4", "mountOptions", "journal_path=/dev/sda"),
+    ] {
+        let ctx = BTreeMap::from([(key.to_string(), value.to_string())]);
+        let cap = fs_cap(fs);
+        let req = StageRequest {
+            volume_id: &id,
+            staging: Path::new(STAGE),
+            capability: &cap,
+            context: &ctx,
+            readonly: false,
+        };
+        let e = stage(&n.d, n.backend().as_ref(), &req, &Secrets::default()).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{value}: {e}");
+        assert!(e.to_string().contains(key), "{value}: {e}");
+        assert!(
+            n.host.changes().is_empty(),
+            "{value}: {:?}",
+            n.host.changes()
+        );
+    }
+    let flags = Capability {
+        access: AccessType::Mount {
+            fs_type: "ext4".into(),
+            mount_flags: vec!["errors=panic".into()],
+        },
+        mode: AccessMode::SingleNodeWriter,
+    };
+    let e = n.stage(&id, STAGE, &flags).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    n.assert_clean(0);
+}
