@@ -12,8 +12,10 @@
 //!   bring the volume back with its fsync'ed data;
 //! - a node plugin in its own mount namespace: the FUSE server holds no
 //!   mount of its own device (nor any FUSE mount), so killing the plugin
-//!   (its namespace dies) and then the server never leaves the server hung
-//!   in D state, and a new plugin cleans up and restages with the data.
+//!   (its namespace dies) never leaves the server hung in D state; the loop
+//!   device goes with its last mount, and a new plugin cleans up and
+//!   restages with the data;
+//! - in every case, no loop device is orphaned over a detached FUSE mount.
 //!
 //! Host deadlines are scaled down with HAINA_HOST_DEADLINE_MS; the time
 //! bounds below only prove "did not hang".
@@ -135,6 +137,43 @@ async fn unstage_until_ok(node: &Plugin, m: &Mounted) -> usize {
     panic!("NodeUnstageVolume never succeeded:\n{}", node.logs());
 }
 
+/// Loop devices over a FUSE image whose mount is gone: the kernel shows
+/// their backing file as `/image`. No path names them any more, so nothing
+/// could ever detach them: every one is a leak.
+fn orphaned_fuse_loops() -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/sys/block").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let backing =
+            std::fs::read_to_string(e.path().join("loop/backing_file")).unwrap_or_default();
+        let backing = backing.trim().trim_end_matches(" (deleted)");
+        if name.starts_with("loop") && backing == "/image" {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// Asserts no loop device was orphaned since `before` (see
+/// [`orphaned_fuse_loops`]).
+async fn assert_no_orphaned_loops(before: &[String]) {
+    let start = Instant::now();
+    loop {
+        let new: Vec<String> = orphaned_fuse_loops()
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        assert!(
+            start.elapsed() < BOUND,
+            "loop devices orphaned over a detached FUSE mount: {new:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits (bounded) until no loop device serves a file under `root`.
 async fn no_loops_under(root: &Path) {
     let start = Instant::now();
@@ -170,6 +209,7 @@ async fn rbd_stopped_fuse_server_costs_one_volume() {
     let Some(ceph) = Ceph::from_env("rbd_stopped_fuse_server_costs_one_volume") else {
         return;
     };
+    let orphans_before = orphaned_fuse_loops();
     let p = Plugin::start_with_config(
         &ceph,
         "controller,node",
@@ -221,6 +261,7 @@ async fn rbd_stopped_fuse_server_costs_one_volume() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     no_loops_under(p.dir.path()).await;
+    assert_no_orphaned_loops(&orphans_before).await;
     p.assert_no_leaks();
     assert!(
         p.logs().contains("aborted the FUSE connection"),
@@ -246,6 +287,7 @@ async fn rbd_killed_fuse_server_is_reported_and_repaired() {
     let Some(ceph) = Ceph::from_env("rbd_killed_fuse_server_is_reported_and_repaired") else {
         return;
     };
+    let orphans_before = orphaned_fuse_loops();
     let p = Plugin::start_full(
         &ceph,
         "controller,node",
@@ -282,6 +324,7 @@ async fn rbd_killed_fuse_server_is_reported_and_repaired() {
     bounded("NodeUnpublishVolume", unpublish_node(&p, &m)).await;
     unstage_until_ok(&p, &m).await;
     no_loops_under(p.dir.path()).await;
+    assert_no_orphaned_loops(&orphans_before).await;
     p.assert_no_leaks();
     let m2 = mount_on(&ceph, &p, &id, &ext4(), "kill-again", HashMap::new())
         .await
@@ -325,10 +368,12 @@ fn abort_connections_of(pid: i32) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rbd_fuse_server_outlives_its_plugins_mount_namespace() {
-    let Some(ceph) = Ceph::from_env("rbd_fuse_server_outlives_its_plugins_mount_namespace") else {
+async fn rbd_fuse_server_never_hangs_when_its_plugins_namespace_dies() {
+    let Some(ceph) = Ceph::from_env("rbd_fuse_server_never_hangs_when_its_plugins_namespace_dies")
+    else {
         return;
     };
+    let orphans_before = orphaned_fuse_loops();
     let controller = Plugin::start(&ceph, "controller").await;
     let mut c = controller.clients().await;
     let mut node = Plugin::start_full(
@@ -372,19 +417,22 @@ async fn rbd_fuse_server_outlives_its_plugins_mount_namespace() {
         );
     }
 
-    // The plugin dies, and its namespace with it: the server keeps serving
-    // the loop device, never stuck in D state.
+    // The plugin dies, and its namespace with it. That namespace held the
+    // only mounts of the volume (a private namespace; a real node plugin
+    // propagates its mounts to the host): the ext4 goes, the loop device
+    // (set to detach on its last close) goes with it, and the server, whose
+    // FUSE mount went too, exits — never stuck in D state.
     node.kill9();
     tokio::time::sleep(Duration::from_millis(500)).await;
     for _ in 0..10 {
         let state = proc_state(server);
         assert!(
-            matches!(state, Some('S' | 'R')),
+            matches!(state, None | Some('S' | 'R' | 'Z')),
             "server state {state:?} after its plugin's namespace died"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // And when it is stopped too (a node shutting down), it exits.
+    // And when it is stopped (a node shutting down), it exits.
     signal(server, Signal::TERM);
     let start = Instant::now();
     while proc_state(server).is_some_and(|s| s != 'Z') {
@@ -401,6 +449,7 @@ async fn rbd_fuse_server_outlives_its_plugins_mount_namespace() {
     node.spawn().await;
     unstage_until_ok(&node, &m).await;
     no_loops_under(node.dir.path()).await;
+    assert_no_orphaned_loops(&orphans_before).await;
     node.assert_no_leaks();
     let m2 = mount_on(&ceph, &node, &id, &ext4(), "ns-again", HashMap::new())
         .await

@@ -82,6 +82,7 @@ pub enum Call {
     LoopAttach(PathBuf),
     LoopDetach(PathBuf),
     LoopRefresh(u32),
+    LoopAutoclear(u32),
 }
 
 impl Call {
@@ -157,6 +158,7 @@ impl Call {
             Call::LoopAttach(_) => "losetup",
             Call::LoopDetach(_) => "losetup -d",
             Call::LoopRefresh(_) => "LOOP_SET_CAPACITY",
+            Call::LoopAutoclear(_) => "LOOP_SET_STATUS64",
         }
     }
 }
@@ -228,7 +230,8 @@ enum Node {
 struct Loop {
     backing: PathBuf,
     deleted: bool,
-    /// LOOP_CLR_FD on a busy device: gone on its last unmount.
+    /// Detaches itself on its last close (LO_FLAGS_AUTOCLEAR, which
+    /// LOOP_CLR_FD on a busy device also sets): gone on its last unmount.
     autoclear: bool,
 }
 
@@ -1010,7 +1013,7 @@ impl Host for FakeHost {
         if let Some((i, _)) = s
             .loops
             .iter()
-            .find(|(_, l)| l.backing == file && !l.deleted && !l.autoclear)
+            .find(|(_, l)| l.backing == file && !l.deleted)
         {
             return Ok((LoopDevice { index: *i }, false));
         }
@@ -1051,6 +1054,15 @@ impl Host for FakeHost {
                 }
             }
             Ok(ours.into_iter().map(|index| LoopDevice { index }).collect())
+        })
+    }
+
+    fn loop_autoclear(&self, dev: &LoopDevice) -> HostResult<()> {
+        self.run(Call::LoopAutoclear(dev.index), |s| {
+            let l = s.loops.get_mut(&dev.index).ok_or(Errno::NXIO)?;
+            l.autoclear = true;
+            s.settle_loops();
+            Ok(())
         })
     }
 

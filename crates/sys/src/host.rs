@@ -154,6 +154,8 @@ pub trait Host: Send + Sync {
     fn loop_detach(&self, file: &Path) -> HostResult<Vec<LoopDevice>>;
     /// Makes a device see its grown backing file; returns the new size.
     fn loop_refresh(&self, dev: &LoopDevice) -> HostResult<u64>;
+    /// Makes a device detach itself on its last close (once mounted).
+    fn loop_autoclear(&self, dev: &LoopDevice) -> HostResult<()>;
 }
 
 pub type SharedHost = Arc<dyn Host>;
@@ -447,6 +449,15 @@ impl Host for RealHost {
             format!("refresh {}", d.path().display()),
             Deadline::Quick,
             move || Ok(loopdev::refresh_capacity(&d)?),
+        )
+    }
+
+    fn loop_autoclear(&self, dev: &LoopDevice) -> HostResult<()> {
+        let d = *dev;
+        timed(
+            format!("autoclear {}", d.path().display()),
+            Deadline::Quick,
+            move || Ok(loopdev::set_autoclear(&d)?),
         )
     }
 }

@@ -33,6 +33,9 @@ impl IntOp {
     }
 }
 
+/// LOOP_SET_STATUS64 / LOOP_GET_STATUS64: argument is `*loop_info64`.
+pub(crate) const LOOP_SET_STATUS64: Opcode = 0x4C04;
+pub(crate) const LOOP_GET_STATUS64: Opcode = 0x4C05;
 /// LOOP_CONFIGURE: argument is `*const loop_config` (linux/loop.h, 5.8+).
 pub(crate) const LOOP_CONFIGURE: Opcode = 0x4C0A;
 /// BLKGETSIZE64: argument is `*mut u64`, filled with the size in bytes.

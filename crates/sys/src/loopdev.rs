@@ -51,6 +51,7 @@ const ATTACH_ATTEMPTS: u32 = 16;
 const DETACH_SETTLE: Duration = Duration::from_secs(2);
 
 const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
 const LO_FLAGS_DIRECT_IO: u32 = 16;
 const LO_NAME_SIZE: usize = 64;
 
@@ -148,6 +149,11 @@ impl LoopDevice {
     /// Whether the kernel is actually doing direct I/O to the backing file.
     pub fn direct_io(&self) -> bool {
         self.read_attr::<u8>("loop/dio").is_ok_and(|v| v == 1)
+    }
+
+    /// Whether the device detaches itself on its last close.
+    pub fn autoclear(&self) -> bool {
+        self.read_attr::<u8>("loop/autoclear").is_ok_and(|v| v == 1)
     }
 
     pub fn read_only(&self) -> bool {
@@ -519,6 +525,44 @@ fn clear(dev: &LoopDevice, still_ours: impl Fn(&LoopDevice) -> bool) -> Result<b
     Ok(true)
 }
 
+/// Marks the device to detach itself on its last close (LO_FLAGS_AUTOCLEAR).
+///
+/// Set once a filesystem is mounted from the device (it holds the device
+/// open): from then on, however that mount goes away — an unmount, or the
+/// death of a mount namespace holding it — the device goes with it, so it
+/// can never be orphaned over a file no path names any more. Setting it
+/// before the mount would detach the device as soon as this call's own fd
+/// closes. Calls LOOP_GET_STATUS64 (which asks the backing filesystem for
+/// the file's attributes) then LOOP_SET_STATUS64 with the flag added.
+pub fn set_autoclear(dev: &LoopDevice) -> Result<(), LoopError> {
+    let fd = dev.open()?;
+    let mut info = LoopInfo64::zeroed();
+    // SAFETY: LOOP_GET_STATUS64 writes one `struct loop_info64`.
+    unsafe {
+        ioctl::with_ptr(
+            &fd,
+            ioctl::LOOP_GET_STATUS64,
+            (&raw mut info).cast::<c_void>(),
+        )
+    }
+    .map_err(|errno| dev.err("LOOP_GET_STATUS64", errno))?;
+    if info.lo_flags & LO_FLAGS_AUTOCLEAR != 0 {
+        return Ok(());
+    }
+    info.lo_flags |= LO_FLAGS_AUTOCLEAR;
+    // SAFETY: LOOP_SET_STATUS64 reads one `struct loop_info64`.
+    unsafe {
+        ioctl::with_ptr(
+            &fd,
+            ioctl::LOOP_SET_STATUS64,
+            (&raw mut info).cast::<c_void>(),
+        )
+    }
+    .map_err(|errno| dev.err("LOOP_SET_STATUS64", errno))?;
+    tracing::debug!(device = %dev.path().display(), "loop device set to detach on last close");
+    Ok(())
+}
+
 /// Makes the device pick up a grown backing file; returns the new size.
 pub fn refresh_capacity(dev: &LoopDevice) -> Result<u64, LoopError> {
     let fd = dev.open()?;
@@ -563,6 +607,26 @@ struct LoopConfig {
 }
 
 const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+
+impl LoopInfo64 {
+    fn zeroed() -> Self {
+        LoopInfo64 {
+            lo_device: 0,
+            lo_inode: 0,
+            lo_rdevice: 0,
+            lo_offset: 0,
+            lo_sizelimit: 0,
+            lo_number: 0,
+            lo_encrypt_type: 0,
+            lo_encrypt_key_size: 0,
+            lo_flags: 0,
+            lo_file_name: [0; LO_NAME_SIZE],
+            lo_crypt_name: [0; LO_NAME_SIZE],
+            lo_encrypt_key: [0; 32],
+            lo_init: [0; 2],
+        }
+    }
+}
 
 impl LoopConfig {
     fn new(backing: &OwnedFd, path: &Path, flags: u32) -> Self {

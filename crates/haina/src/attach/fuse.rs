@@ -577,8 +577,17 @@ pub fn health(paths: &Paths) -> Option<String> {
 pub fn force_detach(paths: &Paths) -> Result<(), AttachError> {
     let pid = server_pid(paths);
     let table = read_table()?;
+    // The loop devices are found by their backing path, which the kernel
+    // shows relative to the FUSE mount: look them up before the mount is
+    // detached (afterwards they show as `/image` and would leak).
+    let loops = loops_of(&paths.file)?;
     if let Some(conn) = connection_id(&table, &paths.mountpoint) {
         abort_connection(conn)?;
+    }
+    for dev in loops {
+        bounded(format!("detaching {}", dev.path().display()), move || {
+            loopdev::detach(&dev).map_err(io::Error::other)
+        })?;
     }
     if let MountState::Ours { .. } = mount_state(&table, &paths.mountpoint) {
         let mp = paths.mountpoint.clone();
@@ -586,11 +595,6 @@ pub fn force_detach(paths: &Paths) -> Result<(), AttachError> {
             format!("umount -l {}", paths.mountpoint.display()),
             move || mount::unmount_lazy(&mp).map_err(io::Error::other),
         )?;
-    }
-    for dev in loops_of(&paths.file)? {
-        bounded(format!("detaching {}", dev.path().display()), move || {
-            loopdev::detach(&dev).map_err(io::Error::other)
-        })?;
     }
     if let Some(pid) = pid.and_then(rustix::process::Pid::from_raw) {
         tracing::warn!(

@@ -287,13 +287,16 @@ fn stage_fs(
                     staging.display()
                 )));
             }
+            // A stage interrupted between mount and autoclear, or made by
+            // an older haina: set it now (idempotent).
+            let mut plan = Plan::new();
+            plan.then_keep(Step::Autoclear(att.device.clone()));
             if fs.writable
                 && let Ok(found) = held.fs_type.parse::<FsType>()
             {
-                let mut plan = Plan::new();
                 grow_online(host, &att.device, staging, found, &mut plan)?;
-                plan.execute(host)?;
             }
+            plan.execute(host)?;
             return Ok(());
         }
         StageFs::Occupied(what) => {
@@ -427,6 +430,9 @@ fn mount_staging(
         fs: fs_type,
         options,
     });
+    // From here the mount holds the loop device: however it goes, the
+    // device goes with it (a dead mount namespace included).
+    plan.then_keep(Step::Autoclear(dev.clone()));
     if fs.writable && needs_grow && fs_type == FsType::Xfs {
         plan.then_keep(Step::GrowOnline {
             dev: dev.clone(),

@@ -52,6 +52,9 @@ pub enum Step {
         target: PathBuf,
     },
     RemountReadOnly(PathBuf),
+    /// Makes a loop device detach itself when its last mount goes (so no
+    /// way of losing the mount can orphan it).
+    Autoclear(PathBuf),
     Unmount {
         target: PathBuf,
         lazy: bool,
@@ -145,6 +148,13 @@ impl Step {
             Step::RemountReadOnly(p) => host
                 .remount_bind_readonly(p)
                 .map_err(what(format!("remounting {} read-only", p.display()))),
+            Step::Autoclear(dev) => match haina_sys::loopdev::LoopDevice::from_path(dev) {
+                Some(d) => host.loop_autoclear(&d).map_err(what(format!(
+                    "setting {} to detach on last close",
+                    dev.display()
+                ))),
+                None => Ok(()),
+            },
             Step::Unmount { target, lazy } => match host.unmount(target, *lazy) {
                 // Not a mount point (any more): what we wanted.
                 Err(e) if e.errno() == Some(Errno::INVAL) => Ok(()),
