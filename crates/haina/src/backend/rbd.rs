@@ -31,6 +31,10 @@
 //! that still has the image open without a publication (a stale mapping)
 //! is named in the FAILED_PRECONDITION. Single-writer attachments hold the
 //! exclusive lock for as long as they are attached.
+//!
+//! Nodes: node plugins register and heartbeat in the pool's node registry
+//! ([`nodes`]), so ControllerPublish refuses a node ID no plugin has
+//! (NOT_FOUND) or one that stopped heartbeating (FAILED_PRECONDITION).
 
 pub mod conn;
 pub mod meta;
