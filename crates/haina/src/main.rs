@@ -130,7 +130,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     driver.max_volumes_per_node = args.max_volumes_per_node;
     let driver = Arc::new(driver);
     let incoming = endpoint.bind().await?;
-    let presences = announce(&driver, services.node).await?;
+    let presences = match announce(&driver, services.node).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(endpoint.path());
+            return Err(e);
+        }
+    };
     tracing::info!(
         endpoint = %endpoint,
         node_id = %driver.node_id,

@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use haina_rbd::IoCtx;
 use serde::{Deserialize, Serialize};
 
-use super::conn::{Connections, ceph_err};
+use super::conn::{Conn, Connections, ceph_err};
 use super::meta::{self, AttachRecord, Kind, Meta};
 use crate::config::{NodeRegistry, RbdConfig};
 use crate::error::{Error, Result};
@@ -289,9 +289,13 @@ impl Beat {
     /// keyring opens (`stopped`: mark a graceful stop).
     fn write(&self, stopped: Option<u64>) -> Result<NodeEntry> {
         let c = self.conns.get(&Secrets::default())?;
+        self.write_with(&c, stopped)
+    }
+
+    fn write_with(&self, c: &Conn, stopped: Option<u64>) -> Result<NodeEntry> {
         let what = || format!("writing the node registry ({OBJECT} in {})", self.home);
         let fail = |e: haina_rbd::Error| {
-            self.conns.check(&c, &e);
+            self.conns.check(c, &e);
             ceph_err(what(), e)
         };
         let address = c.cluster.addrs().map_err(fail)?;
@@ -347,13 +351,33 @@ impl Beat {
                 break;
             }
         }
-        match self.write(Some(now())) {
-            Ok(_) => tracing::info!(pool = %self.pool, node = %self.node_id,
+        let stopped = self
+            .conns
+            .get(&Secrets::default())
+            .and_then(|c| match self.successor(&c) {
+                Some(other) => Ok(Some(other)),
+                None => self.write_with(&c, Some(now())).map(|_| None),
+            });
+        match stopped {
+            Ok(Some(other)) => tracing::info!(pool = %self.pool, node = %self.node_id,
+                successor_pid = other.pid, successor_host = %other.hostname,
+                "another plugin has registered this node since; leaving its entry alone"),
+            Ok(None) => tracing::info!(pool = %self.pool, node = %self.node_id,
                 "recorded this node plugin as stopped in the node registry"),
             Err(e) => tracing::warn!(pool = %self.pool, node = %self.node_id, error = %e,
                 "could not record the stop in the node registry; the node shows stale"),
         }
         let _ = done.send(());
+    }
+
+    /// The entry of another process that registered this node ID after us
+    /// (a new plugin that started before this one finished stopping),
+    /// which a stop mark must not overwrite.
+    fn successor(&self, c: &Conn) -> Option<NodeEntry> {
+        let e = lookup(&c.io, &self.node_id).ok()??;
+        let ours =
+            e.pid == std::process::id() && e.hostname == self.hostname && e.started == self.started;
+        (!ours && e.started >= self.started).then_some(e)
     }
 }
 
@@ -414,14 +438,18 @@ impl Heartbeat {
             interval,
         };
         let s = signal.clone();
+        let flag = announced.clone();
         announced.store(true, Ordering::SeqCst);
         std::thread::Builder::new()
             .name(format!("heartbeat-{pool}"))
             .spawn(move || {
                 beat.run(s, first_tx, done_tx);
-                announced.store(false, Ordering::SeqCst);
+                flag.store(false, Ordering::SeqCst);
             })
-            .map_err(|e| Error::internal(format!("starting the heartbeat of pool {pool}"), e))?;
+            .map_err(|e| {
+                announced.store(false, Ordering::SeqCst);
+                Error::internal(format!("starting the heartbeat of pool {pool}"), e)
+            })?;
         Ok(Self {
             pool,
             signal,

@@ -7,7 +7,8 @@
 //!
 //! It reads with the pool's `user` + `keyring` from the config, or with
 //! `--secrets-file` (`userID`/`userKey`) for a keyring-less pool, and
-//! changes nothing. Staleness is judged with this machine's clock and the
+//! changes nothing (but creates the pool's RBD namespace if it does not
+//! exist yet, as every haina connection does). Staleness is judged with this machine's clock and the
 //! config's `node_stale_seconds`. Errors follow ctl's exit codes: a bad
 //! config or pool name is INVALID_ARGUMENT, missing credentials
 //! FAILED_PRECONDITION, an unreachable cluster UNAVAILABLE.
