@@ -14,6 +14,9 @@
 //! rados_pool = "kube"
 //! # namespace = "ceph"          # RBD namespace; default: the pool's name
 //! mounter = "auto"              # auto | krbd | nbd | fuse
+//! # node_registry = "auto"      # auto (on with a keyring) | on | off
+//! # node_heartbeat_seconds = 10
+//! # node_stale_seconds = 60
 //! ```
 //!
 //! Two RBD pools never share images: each works in its own RBD namespace
@@ -85,6 +88,31 @@ pub struct RbdConfig {
     /// Flatten a clone once its chain of parents is this deep.
     #[serde(default = "clone_depth")]
     pub clone_depth_limit: u32,
+    /// The pool's node registry (docs/rbd.md, "The node registry"): node
+    /// plugins register and heartbeat; ControllerPublish refuses node IDs
+    /// it does not hold.
+    #[serde(default)]
+    pub node_registry: NodeRegistry,
+    /// How often a node plugin heartbeats into the registry, in seconds.
+    #[serde(default = "node_heartbeat")]
+    pub node_heartbeat_seconds: u64,
+    /// A node whose last heartbeat is older than this (in seconds) is stale.
+    #[serde(default = "node_stale")]
+    pub node_stale_seconds: u64,
+}
+
+/// Whether an RBD pool keeps a node registry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRegistry {
+    /// On when the pool configures `user` + `keyring` (what a node plugin
+    /// registers with), off otherwise.
+    #[default]
+    Auto,
+    /// Always: node plugins must have a keyring; controllers check node IDs.
+    On,
+    /// Never: no registration, no check.
+    Off,
 }
 
 impl RbdConfig {
@@ -156,6 +184,12 @@ fn auto() -> String {
 }
 fn clone_depth() -> u32 {
     8
+}
+fn node_heartbeat() -> u64 {
+    10
+}
+fn node_stale() -> u64 {
+    60
 }
 
 impl Config {

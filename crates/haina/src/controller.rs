@@ -404,6 +404,9 @@ pub fn publish_volume(
         block: req.capability.is_block(),
     };
     if decide_publish(&vol.publications, &req.node_id, &wanted)? == PublishDecision::Publish {
+        // A new publication needs a node that exists and is alive; an
+        // existing one is the state the CO asks for, whatever the node does.
+        backend.check_publish_node(&req.node_id, secrets)?;
         backend.set_publication(&id, &req.node_id, Some(wanted), secrets)?;
     }
     Ok(BTreeMap::from([

@@ -130,6 +130,13 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     driver.max_volumes_per_node = args.max_volumes_per_node;
     let driver = Arc::new(driver);
     let incoming = endpoint.bind().await?;
+    let presences = match announce(&driver, services.node).await {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(endpoint.path());
+            return Err(e);
+        }
+    };
     tracing::info!(
         endpoint = %endpoint,
         node_id = %driver.node_id,
@@ -154,8 +161,19 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             endpoint.path().to_path_buf(),
         ));
     }
-    haina::server::serve(driver, incoming, shutdown_signal()).await?;
+    let served = haina::server::serve(driver, incoming, shutdown_signal()).await;
     let _ = std::fs::remove_file(endpoint.path());
+    // Record the stop in the pools' node registries (bounded: a hung
+    // cluster leaves the node to turn stale instead).
+    let _ = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|s| {
+            for p in presences {
+                s.spawn(move || p.stop(PRESENCE_STOP));
+            }
+        })
+    })
+    .await;
+    served?;
     // Deleted RBD images still being purged in the background.
     let _ = tokio::task::spawn_blocking(|| {
         haina::backend::rbd::wait_for_purges(std::time::Duration::from_secs(10))
@@ -163,6 +181,36 @@ async fn serve(args: ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How long `serve` waits for its first node registry writes before serving.
+const PRESENCE_START: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a graceful stop waits to record itself in the node registries.
+const PRESENCE_STOP: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A node plugin announces itself in every pool that keeps a node registry,
+/// and waits (bounded) for the first registrations, so a ControllerPublish
+/// that follows the plugin's start finds the node.
+async fn announce(
+    driver: &Arc<Driver>,
+    node: bool,
+) -> Result<Vec<Box<dyn haina::backend::Presence>>, Box<dyn std::error::Error>> {
+    if !node {
+        return Ok(Vec::new());
+    }
+    let mut presences = Vec::new();
+    for pool in driver.pools.values() {
+        presences.extend(pool.announce_node()?);
+    }
+    let presences = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + PRESENCE_START;
+        for p in &presences {
+            p.wait_registered(deadline);
+        }
+        presences
+    })
+    .await?;
+    Ok(presences)
 }
 
 fn main() -> ExitCode {

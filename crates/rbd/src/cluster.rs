@@ -204,6 +204,27 @@ impl Cluster {
         unsafe { (self.inner.api.rados.rados_get_instance_id)(self.inner.handle) }
     }
 
+    /// This client's address as the OSDs see it (`10.0.0.5:0/3777997993`),
+    /// the form `ceph osd blocklist add` takes: blocklisting it fences this
+    /// client, and only this client.
+    pub fn addrs(&self) -> Result<String> {
+        let api = self.inner.api;
+        let mut out: *mut c_char = std::ptr::null_mut();
+        // SAFETY: connected handle and out-pointer; librados allocates the
+        // string (strdup), freed right after with rados_buffer_free (free).
+        let rc = unsafe { (api.rados.rados_getaddrs)(self.inner.handle, &mut out) };
+        check(rc, "rados_getaddrs", || self.inner.desc.clone())?;
+        if out.is_null() {
+            return Ok(String::new());
+        }
+        // SAFETY: a NUL-terminated string from librados.
+        let s = unsafe { CStr::from_ptr(out) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { (api.rados.rados_buffer_free)(out) };
+        Ok(s)
+    }
+
     /// The cluster's fsid.
     pub fn fsid(&self) -> Result<String> {
         let mut buf = [0 as c_char; 64];

@@ -16,6 +16,12 @@ pub(crate) type RadosT = *mut c_void;
 pub(crate) type RadosIoctxT = *mut c_void;
 pub(crate) type RbdImageT = *mut c_void;
 pub(crate) type RbdImageOptionsT = *mut c_void;
+pub(crate) type RadosWriteOpT = *mut c_void;
+pub(crate) type RadosReadOpT = *mut c_void;
+pub(crate) type RadosOmapIterT = *mut c_void;
+
+/// `LIBRADOS_CREATE_IDEMPOTENT` for `rados_write_op_create`.
+pub(crate) const LIBRADOS_CREATE_IDEMPOTENT: c_int = 0;
 
 /// `struct rados_pool_stat_t`.
 #[repr(C)]
@@ -197,6 +203,54 @@ fn_table! {
             outslen: *mut usize,
         ) -> c_int;
         fn rados_buffer_free(buf: *mut c_char);
+        fn rados_getaddrs(cluster: RadosT, addrs: *mut *mut c_char) -> c_int;
+        fn rados_remove(io: RadosIoctxT, oid: *const c_char) -> c_int;
+        fn rados_create_write_op() -> RadosWriteOpT;
+        fn rados_release_write_op(op: RadosWriteOpT);
+        fn rados_write_op_create(op: RadosWriteOpT, exclusive: c_int, category: *const c_char);
+        fn rados_write_op_omap_set2(
+            op: RadosWriteOpT,
+            keys: *const *const c_char,
+            vals: *const *const c_char,
+            key_lens: *const usize,
+            val_lens: *const usize,
+            num: usize,
+        );
+        fn rados_write_op_omap_rm_keys2(
+            op: RadosWriteOpT,
+            keys: *const *const c_char,
+            key_lens: *const usize,
+            keys_len: usize,
+        );
+        fn rados_write_op_operate(op: RadosWriteOpT, io: RadosIoctxT, oid: *const c_char, mtime: *mut i64, flags: c_int) -> c_int;
+        fn rados_create_read_op() -> RadosReadOpT;
+        fn rados_release_read_op(op: RadosReadOpT);
+        fn rados_read_op_omap_get_vals2(
+            op: RadosReadOpT,
+            start_after: *const c_char,
+            filter_prefix: *const c_char,
+            max_return: u64,
+            iter: *mut RadosOmapIterT,
+            pmore: *mut u8,
+            prval: *mut c_int,
+        );
+        fn rados_read_op_omap_get_vals_by_keys2(
+            op: RadosReadOpT,
+            keys: *const *const c_char,
+            num_keys: usize,
+            key_lens: *const usize,
+            iter: *mut RadosOmapIterT,
+            prval: *mut c_int,
+        );
+        fn rados_read_op_operate(op: RadosReadOpT, io: RadosIoctxT, oid: *const c_char, flags: c_int) -> c_int;
+        fn rados_omap_get_next2(
+            iter: RadosOmapIterT,
+            key: *mut *mut c_char,
+            val: *mut *mut c_char,
+            key_len: *mut usize,
+            val_len: *mut usize,
+        ) -> c_int;
+        fn rados_omap_get_end(iter: RadosOmapIterT);
     }
 }
 

@@ -19,12 +19,17 @@
 //! stored freely and the connection closes when the last one is dropped.
 //! All three are `Send + Sync`. Keys travel as [`Secret`] and are only
 //! ever handed to librados in memory.
+//!
+//! Besides images, an [`IoCtx`] reads and writes plain RADOS objects' omaps
+//! (`omap_set`, `omap_get`, `omap_list`, `omap_remove`), where haina keeps
+//! small registries such as a pool's nodes.
 
 mod cluster;
 mod error;
 mod ffi;
 mod image;
 mod ioctx;
+mod object;
 mod secret;
 
 pub use cluster::{Cluster, ConnectOpts, LibraryVersions, PoolStats, library_versions};

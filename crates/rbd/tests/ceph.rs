@@ -483,3 +483,105 @@ fn namespaces_isolate_images() {
     let err = io_b.open_read_only(&name).unwrap_err();
     assert!(err.is_not_found() && err.to_string().contains(&b), "{err}");
 }
+
+/// Removes a RADOS object when dropped.
+struct ObjectCleanup {
+    io: IoCtx,
+    oid: String,
+}
+
+impl Drop for ObjectCleanup {
+    fn drop(&mut self) {
+        match self.io.remove_object(&self.oid) {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => eprintln!("cleanup of object {}: {e}", self.oid),
+        }
+    }
+}
+
+#[test]
+fn omap_keys_round_trip_and_page() {
+    let Some(env) = env() else { return };
+    let root = env.io();
+    let ns = unique("omap-ns");
+    let io = env.cluster.ioctx_in(&env.pool, &ns).unwrap();
+    let oid = unique("registry");
+    let _cleanup = ObjectCleanup {
+        io: io.clone(),
+        oid: oid.clone(),
+    };
+
+    // A missing object: reads and removals are NOT_FOUND, naming it.
+    let err = io.omap_list(&oid).unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    assert!(err.to_string().contains(&format!("{ns}/{oid}")), "{err}");
+    assert!(io.omap_get(&oid, &["a"]).unwrap_err().is_not_found());
+    assert!(io.omap_remove(&oid, &["a"]).unwrap_err().is_not_found());
+
+    // Setting creates the object; values are bytes, replaced whole.
+    io.omap_set(
+        &oid,
+        &[("node-a", b"{\"v\":1}"), ("node-b", b"\x00\xffbin")],
+    )
+    .unwrap();
+    io.omap_set(&oid, &[("node-a", b"{\"v\":2}")]).unwrap();
+    let got = io.omap_get(&oid, &["node-a", "absent"]).unwrap();
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got["node-a"], b"{\"v\":2}");
+    let all = io.omap_list(&oid).unwrap();
+    assert_eq!(all.keys().collect::<Vec<_>>(), ["node-a", "node-b"]);
+    assert_eq!(all["node-b"], b"\x00\xffbin");
+
+    // More keys than one listing page (256), and a value larger than a page.
+    let big = vec![b'x'; 70_000];
+    let many: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| (format!("k{i:04}"), format!("value-{i}").into_bytes()))
+        .collect();
+    for chunk in many.chunks(100) {
+        let entries: Vec<(&str, &[u8])> = chunk
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_slice()))
+            .collect();
+        io.omap_set(&oid, &entries).unwrap();
+    }
+    io.omap_set(&oid, &[("zz-big", &big)]).unwrap();
+    let all = io.omap_list(&oid).unwrap();
+    assert_eq!(all.len(), 603);
+    assert_eq!(all["k0599"], b"value-599");
+    assert_eq!(all["zz-big"].len(), big.len());
+
+    // Removing keys (present or not) leaves the others.
+    io.omap_remove(&oid, &["node-a", "never-there"]).unwrap();
+    let left = io.omap_get(&oid, &["node-a", "node-b"]).unwrap();
+    assert_eq!(left.keys().collect::<Vec<_>>(), ["node-b"]);
+
+    // The object lives in its namespace only.
+    assert!(root.omap_list(&oid).unwrap_err().is_not_found());
+    io.remove_object(&oid).unwrap();
+    assert!(io.remove_object(&oid).unwrap_err().is_not_found());
+    assert!(io.omap_list(&oid).unwrap_err().is_not_found());
+}
+
+#[test]
+fn own_address_is_what_watchers_show() {
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let (name, _g) = create(&io, "addr", MIB, Features::DEFAULT);
+    let img = io.open(&name).unwrap();
+    let me = env.cluster.instance_id();
+    let watched = img
+        .list_watchers()
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id as u64 == me)
+        .expect("our own watch")
+        .addr;
+    let addrs = env.cluster.addrs().unwrap();
+    assert!(
+        addrs.contains(&watched),
+        "rados_getaddrs {addrs:?} does not name our watcher address {watched:?}"
+    );
+    let other = env.second_client();
+    assert_ne!(other.addrs().unwrap(), addrs, "two clients, one address");
+}

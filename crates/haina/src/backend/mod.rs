@@ -81,6 +81,14 @@ pub trait Backend: Send + Sync {
         publication: Option<Publication>,
         secrets: &Secrets,
     ) -> Result<Volume>;
+    /// Whether `node_id` may receive a publication of this pool's volumes:
+    /// NOT_FOUND for a node the pool does not know, FAILED_PRECONDITION for
+    /// one that is known to be down; `Ok` when the pool cannot tell (a pool
+    /// without a node registry). Called by ControllerPublishVolume before
+    /// it records a new publication, with the request's credentials.
+    fn check_publish_node(&self, _node_id: &str, _secrets: &Secrets) -> Result<()> {
+        Ok(())
+    }
     /// Grows the volume to `size` bytes; returns the new size.
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64>;
     fn create_snapshot(
@@ -96,6 +104,14 @@ pub trait Backend: Send + Sync {
     fn list_snapshots(&self, secrets: &Secrets) -> Result<Vec<Snapshot>>;
 
     // ---- node
+    /// Announces this process as the pool's node plugin for as long as it
+    /// serves (an RBD pool's node registry: register, then heartbeat on a
+    /// thread of its own). `None` when the pool keeps no registry; an error
+    /// when the config demands one this plugin cannot keep. Called once by
+    /// `serve` with the node service, never by the tools.
+    fn announce_node(&self) -> Result<Option<Box<dyn Presence>>> {
+        Ok(None)
+    }
     /// Attaches the volume to this node (or finds the existing attachment).
     fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment>;
     /// The existing attachment, from the kernel's view, if any.
@@ -136,3 +152,14 @@ pub trait Backend: Send + Sync {
 }
 
 pub type SharedBackend = Arc<dyn Backend>;
+
+/// A node plugin's presence in a pool, kept up in the background while it
+/// serves (see [`Backend::announce_node`]).
+pub trait Presence: Send {
+    /// Waits until the first registration attempt finished (successfully or
+    /// not), but not past `deadline`; whether it finished.
+    fn wait_registered(&self, deadline: std::time::Instant) -> bool;
+    /// Ends the presence; a graceful stop records it, waiting at most
+    /// `within` (a hung cluster must not hold up the shutdown).
+    fn stop(self: Box<Self>, within: std::time::Duration);
+}

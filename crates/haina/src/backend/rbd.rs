@@ -31,9 +31,14 @@
 //! that still has the image open without a publication (a stale mapping)
 //! is named in the FAILED_PRECONDITION. Single-writer attachments hold the
 //! exclusive lock for as long as they are attached.
+//!
+//! Nodes: node plugins register and heartbeat in the pool's node registry
+//! ([`nodes`]), so ControllerPublish refuses a node ID no plugin has
+//! (NOT_FOUND) or one that stopped heartbeating (FAILED_PRECONDITION).
 
 pub mod conn;
 pub mod meta;
+pub mod nodes;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -41,7 +46,7 @@ use std::path::{Path, PathBuf};
 
 use haina_rbd::{Features, Image, ParentInfo};
 
-use self::conn::{ClusterAddr, Conn, Connections, ceph_err};
+use self::conn::{Conn, Connections, ceph_err};
 use self::meta::{Kind, Meta};
 use super::{Attachment, Backend, CreateSpec};
 use crate::attach::{self, Mounter, OpenMode, Target};
@@ -60,7 +65,11 @@ const MAX_GENERATIONS: u32 = 1000;
 
 pub struct RbdPool {
     name: PoolName,
-    conns: Connections,
+    conns: std::sync::Arc<Connections>,
+    /// The node registry's settings (see [`nodes`]).
+    registry: nodes::Settings,
+    /// Set while this process heartbeats into the registry as `node_id`.
+    announced: std::sync::Arc<std::sync::atomic::AtomicBool>,
     features: Features,
     mounter: Mounter,
     clone_depth_limit: u32,
@@ -135,27 +144,22 @@ impl RbdPool {
                 "image_features must include layering (snapshots and clones are clones)".into(),
             ));
         }
-        let configured = match (&cfg.user, &cfg.keyring) {
-            (_, None) => None,
-            (user, Some(k)) => Some((user.clone().unwrap_or_else(|| "admin".into()), k.clone())),
-        };
+        let registry = nodes::Settings::from_config(&name, cfg)?;
         let node_dir = data_dir.join("rbd").join(name.as_str());
         std::fs::create_dir_all(&node_dir)
             .map_err(|e| Error::internal(format!("creating {}", node_dir.display()), e))?;
         let node_dir = std::fs::canonicalize(&node_dir)
             .map_err(|e| Error::internal(format!("resolving {}", node_dir.display()), e))?;
-        let addr = ClusterAddr {
-            mon_host: cfg.monitors.join(","),
-            ceph_conf: cfg.ceph_conf.clone(),
-            rados_pool: cfg.rados_pool.clone(),
-            namespace: cfg.namespace_for(&name),
-        };
+        let conns = Connections::for_pool(&name, cfg);
+        let addr = conns.addr();
         tracing::info!(pool = %name, rados_pool = %addr.rados_pool, namespace = %addr.namespace,
-            mon_host = %addr.mon_host,
+            mon_host = %addr.mon_host, node_registry = %registry.describe(),
             mounter = mounter.as_str(), features = %features, "rbd pool configured");
         Ok(Self {
             name,
-            conns: Connections::new(addr, configured),
+            conns: std::sync::Arc::new(conns),
+            registry,
+            announced: Default::default(),
             features,
             mounter,
             clone_depth_limit: cfg.clone_depth_limit,
@@ -762,6 +766,7 @@ impl Backend for RbdPool {
             ("mounter".into(), self.mounter.as_str().into()),
             ("imageFeatures".into(), self.features.to_string()),
             ("cloneDepthLimit".into(), self.clone_depth_limit.to_string()),
+            ("nodeRegistry".into(), self.registry.describe()),
         ]
     }
 
@@ -943,6 +948,32 @@ impl Backend for RbdPool {
         Ok(v)
     }
 
+    fn check_publish_node(&self, node_id: &str, secrets: &Secrets) -> Result<()> {
+        if !self.registry.enforced() {
+            return Ok(());
+        }
+        // A controller that is this node's plugin knows the node exists,
+        // whether or not its first heartbeat has landed yet.
+        if node_id == self.node_id && self.announced.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(());
+        }
+        let c = self.conns.get(secrets)?;
+        let home = self.conns.addr().home();
+        let entry = self.ck(
+            &c,
+            || format!("reading the node registry ({} in {home})", nodes::OBJECT),
+            nodes::lookup(&c.io, node_id),
+        )?;
+        nodes::check_publish(
+            &self.name,
+            &home,
+            node_id,
+            entry.as_ref(),
+            now_secs(),
+            self.registry.stale_after.as_secs(),
+        )
+    }
+
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64> {
         self.own(id)?;
         let c = self.conns.get(secrets)?;
@@ -1097,6 +1128,26 @@ impl Backend for RbdPool {
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    fn announce_node(&self) -> Result<Option<Box<dyn super::Presence>>> {
+        if !self.registry.registers(&self.name)? {
+            tracing::warn!(pool = %self.name, node = %self.node_id,
+                registry = %self.registry.describe(),
+                "this node plugin does not register in the pool's node registry: a controller \
+                 configured like this one publishes to any node ID unchecked; configure `user` + \
+                 `keyring` on the pool to register (docs/rbd.md, The node registry)");
+            return Ok(None);
+        }
+        let hb = nodes::Heartbeat::start(
+            self.name.clone(),
+            self.conns.addr().home(),
+            self.conns.clone(),
+            self.node_id.clone(),
+            self.registry.heartbeat,
+            self.announced.clone(),
+        )?;
+        Ok(Some(Box::new(hb)))
     }
 
     fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment> {

@@ -1,4 +1,6 @@
 //! `haina ctl`: a CSI client for any CSI endpoint, in the spirit of `csc`.
+//! One subcommand is not CSI: `nodes` ([`nodes`]) reads RBD pools' node
+//! registries from Ceph itself, with the pool config's credentials.
 //!
 //! One subcommand per Identity, Controller and Node RPC; request fields are
 //! flags (`--cap mount,ext4,SINGLE_NODE_WRITER`, `--param k=v`,
@@ -14,6 +16,7 @@
 //! from a file, sent, and never printed — not even in error messages.
 
 mod json;
+mod nodes;
 pub(crate) mod render;
 
 use std::collections::{BTreeMap, HashMap};
@@ -118,6 +121,9 @@ enum Command {
     NodeCapabilities,
     /// Node: NodeGetInfo.
     NodeInfo,
+    /// Not CSI: the nodes of RBD pools from their node registry in Ceph,
+    /// with their state and volumes (reads with the config's keyring).
+    Nodes(nodes::Args),
 }
 
 /// `--secrets-file FILE`: a JSON object of strings, or `key=value` lines.
@@ -837,6 +843,7 @@ async fn execute(args: Args) -> Result<(Value, View), Failure> {
                 .await?;
             (json::node_capabilities(&r), View::List("capabilities"))
         }
+        C::Nodes(a) => nodes::run(a, timeout).await?,
         C::NodeInfo => {
             let c = c!();
             let r = c

@@ -98,6 +98,40 @@ impl Ceph {
         s
     }
 
+    /// One fuse RBD pool `name` in RBD namespace `namespace`, with `user` +
+    /// `keyring` when given, and `extra` TOML lines (e.g. the node
+    /// registry's settings).
+    pub fn pool_config(
+        &self,
+        name: &str,
+        namespace: &str,
+        keyring: Option<&Path>,
+        extra: &str,
+    ) -> String {
+        let mut s = format!(
+            "default_pool = \"{name}\"\n[pools.{name}]\nkind = \"rbd\"\nmonitors = [\"{}\"]\n\
+             rados_pool = \"{}\"\nnamespace = \"{namespace}\"\nmounter = \"fuse\"\n",
+            self.mon, self.pool
+        );
+        if let Some(k) = keyring {
+            s += &format!("user = \"{}\"\nkeyring = \"{}\"\n", self.user, k.display());
+        }
+        s + extra
+    }
+
+    /// The node registry of RBD namespace `ns`: node ID → entry (JSON);
+    /// empty when no node ever registered there.
+    pub fn registry(&self, ns: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        match self.connect_ns(ns).omap_list("haina.nodes") {
+            Ok(all) => all
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::from_slice(&v).expect("registry entry JSON")))
+                .collect(),
+            Err(e) if e.is_not_found() => Default::default(),
+            Err(e) => panic!("reading the node registry of {ns:?}: {e}"),
+        }
+    }
+
     /// A keyring file for the test user, written into `dir`.
     pub fn write_keyring(&self, dir: &Path) -> PathBuf {
         let p = dir.join("ceph.keyring");
@@ -263,6 +297,11 @@ impl Plugin {
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The config file the process runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("config.toml")
     }
 
     /// A path under this plugin's dir.
@@ -559,4 +598,31 @@ pub async fn delete(ceph: &Ceph, controller: &mut Clients, id: &str) {
 
 pub fn ext4() -> csi::VolumeCapability {
     crate::common::mount_cap("ext4", Mode::SingleNodeWriter)
+}
+
+/// A name unique to this test process and call (for namespaces).
+pub fn unique_name(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{prefix}-{}-{}-{nanos}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// `haina ctl nodes --config CONFIG ARGS...`.
+pub fn ctl_nodes(config: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_haina"))
+        .args(["ctl", "nodes", "--config"])
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("running haina ctl nodes")
 }

@@ -150,6 +150,21 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// The connections of haina pool `name` as configured (none open yet).
+    pub fn for_pool(name: &crate::ids::PoolName, cfg: &crate::config::RbdConfig) -> Self {
+        let configured = cfg.keyring.as_ref().map(|k| {
+            let user = cfg.user.clone().unwrap_or_else(|| "admin".into());
+            (user, k.clone())
+        });
+        let addr = ClusterAddr {
+            mon_host: cfg.monitors.join(","),
+            ceph_conf: cfg.ceph_conf.clone(),
+            rados_pool: cfg.rados_pool.clone(),
+            namespace: cfg.namespace_for(name),
+        };
+        Self::new(addr, configured)
+    }
+
     pub fn new(addr: ClusterAddr, configured: Option<(String, PathBuf)>) -> Self {
         Self {
             addr,

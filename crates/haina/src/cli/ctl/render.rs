@@ -20,6 +20,8 @@ pub enum View {
     Snapshots,
     /// NodeGetVolumeStats usage as a table, then the condition.
     Usage,
+    /// `ctl nodes`: a table of nodes, then one of their volumes.
+    Nodes,
 }
 
 pub fn render(v: &Value, view: &View) -> String {
@@ -106,6 +108,7 @@ pub fn render(v: &Value, view: &View) -> String {
             out.push_str(&next_token(v));
             out
         }
+        View::Nodes => nodes(v),
         View::Usage => {
             let rows = v["usage"]
                 .as_array()
@@ -140,6 +143,92 @@ pub fn render(v: &Value, view: &View) -> String {
             out
         }
     }
+}
+
+/// The nodes of every pool, then the volumes they hold (with the
+/// data-path client of each attachment, which fencing blocklists).
+fn nodes(v: &Value) -> String {
+    let pools = v["pools"].as_array().cloned().unwrap_or_default();
+    let mut rows = Vec::new();
+    let mut vols = Vec::new();
+    for p in &pools {
+        for n in p["nodes"].as_array().into_iter().flatten() {
+            let volumes: Vec<String> = n["volumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|x| scalar(&x["volume_id"]))
+                .collect();
+            let age = n["heartbeat_age_seconds"]
+                .as_u64()
+                .map(|a| format!("{a}s ago"))
+                .unwrap_or_else(|| "-".into());
+            let or_dash = |x: &Value| match scalar(x) {
+                s if s.is_empty() => "-".to_string(),
+                s => s,
+            };
+            rows.push(vec![
+                scalar(&p["pool"]),
+                scalar(&n["node_id"]),
+                scalar(&n["state"]),
+                age,
+                or_dash(&n["address"]),
+                or_dash(&n["started"]),
+                if volumes.is_empty() {
+                    "-".into()
+                } else {
+                    volumes.join(",")
+                },
+            ]);
+            for x in n["volumes"].as_array().into_iter().flatten() {
+                let published = match &x["published"] {
+                    Value::Null => "-".to_string(),
+                    pb => format!(
+                        "{}{}{}",
+                        scalar(&pb["access_mode"]),
+                        if pb["readonly"] == true { ",ro" } else { "" },
+                        if pb["block"] == true { ",block" } else { "" }
+                    ),
+                };
+                let attached = match &x["attachment"] {
+                    Value::Null => "-".to_string(),
+                    at => format!(
+                        "client.{} at {} ({})",
+                        scalar(&at["client"]),
+                        scalar(&at["address"]),
+                        if at["live"] == true { "live" } else { "gone" }
+                    ),
+                };
+                vols.push(vec![
+                    scalar(&p["pool"]),
+                    scalar(&x["volume_id"]),
+                    scalar(&n["node_id"]),
+                    published,
+                    attached,
+                ]);
+            }
+        }
+    }
+    let mut out = table(
+        &[
+            "POOL",
+            "NODE",
+            "STATE",
+            "HEARTBEAT",
+            "ADDRESS",
+            "STARTED",
+            "VOLUMES",
+        ],
+        rows,
+    );
+    if !vols.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["POOL", "VOLUME", "NODE", "PUBLISHED", "ATTACHMENT"],
+            vols,
+        ));
+    }
+    out
 }
 
 fn next_token(v: &Value) -> String {
