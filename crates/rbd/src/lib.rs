@@ -17,10 +17,12 @@
 //! Ownership: a [`Cluster`] (one `rados_t`) is kept open and shared; each
 //! [`IoCtx`] and [`Image`] holds a reference to it, so handles can be
 //! stored freely and the connection closes when the last one is dropped.
-//! All three are `Send + Sync`. Keys travel as [`Secret`] and are only
-//! ever handed to librados in memory.
+//! All three are `Send + Sync`. Keys and encryption passphrases travel as
+//! [`Secret`] (zeroed on drop) and are only ever handed to librados/librbd
+//! in memory.
 
 mod cluster;
+mod encryption;
 mod error;
 mod ffi;
 mod image;
@@ -28,6 +30,7 @@ mod ioctx;
 mod secret;
 
 pub use cluster::{Cluster, ConnectOpts, LibraryVersions, PoolStats, library_versions};
+pub use encryption::{EncryptionAlgorithm, EncryptionFormat, LUKS_MAGIC, detect_format};
 pub use error::{Error, LibraryError, Result, errno_name};
 pub use image::{Image, ImageStat, LockMode, LockOwners, ParentInfo, SnapInfo, Watcher};
 pub use ioctx::{CreateOptions, Features, ImageSpec, IoCtx};
