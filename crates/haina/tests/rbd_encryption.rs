@@ -723,8 +723,8 @@ async fn rbd_encrypted_snapshot_restore_and_clone_stay_encrypted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rbd_encrypted_create_killed_after_format_converges() {
-    let Some(ceph) = Ceph::from_env("rbd_encrypted_create_killed_after_format_converges") else {
+async fn rbd_encrypted_creates_killed_midway_converge() {
+    let Some(ceph) = Ceph::from_env("rbd_encrypted_creates_killed_midway_converge") else {
         return;
     };
     let mut p = Plugin::start_full(
@@ -787,8 +787,51 @@ async fn rbd_encrypted_create_killed_after_format_converges() {
     assert_eq!(read(&m, "f").as_deref(), Some(&data[..]));
     assert_ciphertext(&ceph, &image, 2);
     unmount_on(&p, &m).await;
-    unpublish(&ceph, &mut c, &vol.volume_id, &p.node_id).await;
-    delete(&ceph, &mut c, &vol.volume_id).await;
+
+    // A clone killed right after its flatten (its parent link, and the
+    // temporary snapshot it was cloned from, are gone): the retry keeps
+    // the flat copy and completes it.
+    p.stop();
+    p.env = vec![("HAINA_FAILPOINTS".into(), "rbd-after-flatten=abort".into())];
+    p.spawn().await;
+    let mut c = p.clients().await;
+    let clone_name = p.unique("pvc-eclone-crash");
+    let mut clone_req = create_encrypted(&ceph, "ceph", &clone_name, 64 * MIB, Some(&pass));
+    clone_req.volume_content_source = Some(volume_source(&vol.volume_id));
+    assert!(c.controller.create_volume(clone_req.clone()).await.is_err());
+    p.wait_exit();
+    let clone_image = format!("csi-vol-{clone_name}");
+    assert!(
+        ceph.connect()
+            .open_read_only(&clone_image)
+            .unwrap()
+            .parent_info()
+            .unwrap()
+            .is_none(),
+        "killed after the flatten"
+    );
+    p.env.clear();
+    p.spawn().await;
+    let mut c = p.clients().await;
+    let clone = create_ok(&mut c, clone_req).await;
+    controller_publish(&ceph, &mut c, &p, &clone.volume_id).await;
+    let cm = mount_on_with(
+        &p,
+        &clone.volume_id,
+        &ext4(),
+        "clone-after-crash",
+        Default::default(),
+        secrets_with(&ceph, &pass),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read(&cm, "f").as_deref(), Some(&data[..]));
+    unmount_on(&p, &cm).await;
+
+    for id in [&clone.volume_id, &vol.volume_id] {
+        unpublish(&ceph, &mut c, id, &p.node_id).await;
+        delete(&ceph, &mut c, id).await;
+    }
     p.assert_no_leaks();
     assert_nowhere(&p, &pass);
 }

@@ -331,6 +331,10 @@ impl RbdPool {
             if p.is_some_and(|p| p.image_name == parent) {
                 return Ok(());
             }
+            // An encrypted clone flattened before a crash (crypt::flatten_new).
+            if crypt::flattened_from(&img)?.as_deref() == Some(parent) {
+                return Ok(());
+            }
             drop(img);
             tracing::warn!(
                 image = child,

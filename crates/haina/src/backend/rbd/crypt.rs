@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 
 use haina_rbd::{EncryptionAlgorithm, EncryptionFormat, Image, Secret};
 
-use super::meta::EncryptionRecord;
+use super::meta::{EncryptionRecord, KEY_FLATTENED_FROM};
 use crate::error::{Error, Result};
 use crate::volume::Secrets;
 
@@ -147,21 +147,29 @@ pub fn format(
 /// how long it took: the cost of an encrypted restore grows with the data.
 pub fn flatten_new(img: &Image) -> Result<()> {
     let what = || format!("flattening the encrypted clone {}", img.name());
-    if img
-        .parent_info()
-        .map_err(|e| Error::internal(what(), e))?
-        .is_none()
-    {
+    let Some(parent) = img.parent_info().map_err(|e| Error::internal(what(), e))? else {
         return Ok(());
-    }
+    };
+    // Recorded first, so a retry after a crash that follows the flatten
+    // knows the flat image for the clone it was (its parent link is gone).
+    img.metadata_set(KEY_FLATTENED_FROM, &parent.image_name)
+        .map_err(|e| Error::internal(what(), e))?;
     let started = std::time::Instant::now();
     img.flatten().map_err(|e| Error::internal(what(), e))?;
+    crate::failpoint::hit("rbd-after-flatten")?;
     tracing::info!(
         image = img.name(),
         took_ms = started.elapsed().as_millis() as u64,
         "flattened an encrypted restore/clone (a full copy: librbd 16.2 cannot grow encrypted clones)"
     );
     Ok(())
+}
+
+/// The image an incomplete encrypted restore or clone was flattened from,
+/// if [`flatten_new`] got that far.
+pub fn flattened_from(img: &Image) -> Result<Option<String>> {
+    img.metadata_get(KEY_FLATTENED_FROM)
+        .map_err(|e| Error::internal(format!("reading the metadata of {}", img.name()), e))
 }
 
 /// An encrypted volume may grow only if it is flat (every encrypted volume

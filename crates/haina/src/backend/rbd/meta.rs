@@ -27,6 +27,7 @@
 //! | `haina.deleted` | deleted by the CO, kept only as a parent of clones |
 //! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
 //! | `haina.encryption` | the image is encrypted with librbd's LUKS encryption: format and header size (JSON; never the passphrase), see [`super::crypt`] |
+//! | `haina.flattened-from` | on an incomplete encrypted restore or clone: the image it was cloned from, set before it is flattened |
 
 use std::collections::BTreeMap;
 
@@ -52,6 +53,9 @@ pub const KEY_SNAPSHOT: &str = "haina.snapshot";
 pub const KEY_DELETED: &str = "haina.deleted";
 pub const KEY_POOL: &str = "haina.pool";
 pub const KEY_ENCRYPTION: &str = "haina.encryption";
+/// On an incomplete encrypted restore or clone: the image it was cloned
+/// from, set just before it is flattened (removed once it is complete).
+pub const KEY_FLATTENED_FROM: &str = "haina.flattened-from";
 pub const ATTACH_PREFIX: &str = "haina.attach.";
 /// Every key haina owns starts with this.
 pub const PREFIX: &str = "haina.";
