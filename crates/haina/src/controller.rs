@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use haina_sys::fs::FsType;
 
+use crate::backend::rbd::crypt;
 use crate::backend::{Backend, CreateSpec, SharedBackend};
 use crate::driver::Driver;
 use crate::error::{Error, Result};
@@ -25,6 +26,9 @@ pub struct Params {
     pub fs_type: Option<FsType>,
     pub mkfs_options: Option<String>,
     pub mount_options: Option<String>,
+    /// `encrypted: "true"`: the format of its encryption at rest (RBD pools
+    /// only; see backend/rbd/crypt.rs).
+    pub encryption: Option<haina_rbd::EncryptionFormat>,
 }
 
 /// Keys Kubernetes' sidecars add on their own; accepted and ignored.
@@ -41,15 +45,18 @@ impl Params {
                 }
                 "mkfsOptions" => p.mkfs_options = Some(v.clone()),
                 "mountOptions" => p.mount_options = Some(v.clone()),
+                crypt::PARAM_ENCRYPTED | crypt::PARAM_FORMAT => {}
                 _ if k.starts_with(K8S_PREFIX) => {}
                 _ => {
                     return Err(Error::InvalidArgument(format!(
-                        "parameters: unknown key {} (known: pool, fsType, mkfsOptions, mountOptions)",
+                        "parameters: unknown key {} (known: pool, fsType, mkfsOptions, \
+                         mountOptions, encrypted, encryptionFormat)",
                         echo(k)
                     )));
                 }
             }
         }
+        p.encryption = Self::parse_encryption(map)?;
         p.check_options(p.fs_type.unwrap_or(FsType::Ext4))?;
         Ok(p)
     }
@@ -66,6 +73,37 @@ impl Params {
         Ok(())
     }
 
+    /// `encrypted` ("true"/"false") and `encryptionFormat` (luks1/luks2,
+    /// only with `encrypted: "true"`, default luks2).
+    fn parse_encryption(
+        map: &BTreeMap<String, String>,
+    ) -> Result<Option<haina_rbd::EncryptionFormat>> {
+        let (enc, fmt) = (crypt::PARAM_ENCRYPTED, crypt::PARAM_FORMAT);
+        let encrypted = match map.get(enc).map(String::as_str) {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "parameters.{enc}: {other:?} is not \"true\" or \"false\""
+                )));
+            }
+        };
+        let format = map
+            .get(fmt)
+            .map(|f| f.parse::<haina_rbd::EncryptionFormat>())
+            .transpose()
+            .map_err(|e| Error::InvalidArgument(format!("parameters.{fmt}: {e}")))?;
+        match (encrypted, format) {
+            (true, f) => Ok(Some(f.unwrap_or(crypt::DEFAULT_FORMAT))),
+            (false, None) => Ok(None),
+            // Never a plain volume for a class that meant to encrypt.
+            (false, Some(_)) => Err(Error::InvalidArgument(format!(
+                "parameters.{fmt} is set but parameters.{enc} is not \"true\"; set \
+                 {enc}: \"true\" to encrypt (or drop {fmt})"
+            ))),
+        }
+    }
+
     /// What the node needs back at stage time.
     fn context(&self, pool: &str) -> BTreeMap<String, String> {
         let mut c = BTreeMap::from([("pool".to_string(), pool.to_string())]);
@@ -77,6 +115,10 @@ impl Params {
         }
         if let Some(o) = &self.mount_options {
             c.insert("mountOptions".into(), o.clone());
+        }
+        if let Some(f) = self.encryption {
+            c.insert(crypt::PARAM_ENCRYPTED.into(), "true".into());
+            c.insert(crypt::PARAM_FORMAT.into(), f.as_str().into());
         }
         c
     }
@@ -175,6 +217,16 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     let params = Params::parse(&req.parameters)?;
     let backend = d.pool_named(params.pool.as_deref())?;
     check_request(backend.as_ref(), &req.capabilities, &params)?;
+    if params.encryption.is_some() && backend.kind() != "rbd" {
+        return Err(Error::InvalidArgument(format!(
+            "parameters.{}: pool {} is a {} pool, which cannot encrypt: encryption at rest is \
+             librbd's LUKS encryption (RBD pools), and encrypting an image file would need \
+             dm-crypt, which haina does not use; use an rbd pool",
+            crypt::PARAM_ENCRYPTED,
+            backend.name(),
+            backend.kind()
+        )));
+    }
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
         && !t.requisite.is_empty()
@@ -213,6 +265,10 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
     let capacity = size_for_range(required, limit, minimum)?;
     let mut context = params.context(backend.name().as_str());
     context.extend(backend.context());
+    if params.encryption.is_some() && req.source.is_some() {
+        // An encrypted restore or clone is a full copy (backend/rbd/crypt.rs).
+        context.insert(crypt::CONTEXT_COPY_METHOD.into(), "full".into());
+    }
     if let Some(node) = backend
         .topology()
         .and_then(|t| t.get(TOPOLOGY_NODE_KEY).cloned())
@@ -772,6 +828,53 @@ mod tests {
         let long = "k".repeat(10_000);
         let e = Params::parse(&m(&[(long.as_str(), "v")])).unwrap_err();
         assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    #[test]
+    fn encryption_params() {
+        use haina_rbd::EncryptionFormat::*;
+        let m = |kv: &[(&str, &str)]| -> BTreeMap<String, String> {
+            kv.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let enc = |kv: &[(&str, &str)]| Params::parse(&m(kv)).map(|p| p.encryption);
+        assert_eq!(enc(&[]).unwrap(), None);
+        assert_eq!(enc(&[("encrypted", "false")]).unwrap(), None);
+        assert_eq!(enc(&[("encrypted", "true")]).unwrap(), Some(Luks2));
+        assert_eq!(
+            enc(&[("encrypted", "true"), ("encryptionFormat", "luks1")]).unwrap(),
+            Some(Luks1)
+        );
+        for (bad, field) in [
+            (&[("encrypted", "yes")][..], "parameters.encrypted"),
+            (&[("encrypted", "True")][..], "parameters.encrypted"),
+            (
+                &[("encrypted", "true"), ("encryptionFormat", "aes")][..],
+                "parameters.encryptionFormat",
+            ),
+            (
+                &[("encryptionFormat", "luks2")][..],
+                "parameters.encryptionFormat",
+            ),
+            (
+                &[("encrypted", "false"), ("encryptionFormat", "luks1")][..],
+                "parameters.encryptionFormat",
+            ),
+        ] {
+            let e = enc(bad).unwrap_err();
+            assert!(
+                matches!(&e, Error::InvalidArgument(msg) if msg.contains(field)),
+                "{bad:?}: {e}"
+            );
+        }
+        // The volume context says so (it shows in the PV and ListVolumes).
+        let p = Params::parse(&m(&[("encrypted", "true")])).unwrap();
+        let c = p.context("ceph");
+        assert_eq!(c.get("encrypted").map(String::as_str), Some("true"));
+        assert_eq!(c.get("encryptionFormat").map(String::as_str), Some("luks2"));
+        let plain = Params::parse(&m(&[("encrypted", "false")])).unwrap();
+        assert!(!plain.context("ceph").contains_key("encrypted"));
     }
 
     #[test]

@@ -49,6 +49,10 @@ pub enum Error {
         /// The positive errno value (Ceph returns `-errno`).
         errno: i32,
     },
+    /// The loaded librbd lacks the feature (e.g. client-side encryption
+    /// before Pacific 16.2).
+    #[error("{op}: not supported by this librbd: {reason}")]
+    Unsupported { op: &'static str, reason: String },
     /// A caller-supplied argument cannot be passed to C (e.g. contains NUL)
     /// or a reply could not be understood.
     #[error("{op}: {reason}")]
@@ -84,7 +88,7 @@ impl Error {
             Error::AlreadyExists { .. } => Some(EEXIST),
             Error::Busy { .. } => Some(EBUSY),
             Error::Ceph { errno, .. } => Some(*errno),
-            Error::Library(_) | Error::Invalid { .. } => None,
+            Error::Library(_) | Error::Invalid { .. } | Error::Unsupported { .. } => None,
         }
     }
 
@@ -112,7 +116,8 @@ impl Error {
             | Error::AlreadyExists { op, .. }
             | Error::Busy { op, .. }
             | Error::Ceph { op, .. }
-            | Error::Invalid { op, .. } => Some(op),
+            | Error::Invalid { op, .. }
+            | Error::Unsupported { op, .. } => Some(op),
             Error::Library(_) => None,
         }
     }

@@ -127,6 +127,24 @@ pub(crate) struct RbdImageInfo {
     pub parent_name: [c_char; RBD_MAX_IMAGE_NAME_SIZE],
 }
 
+/// `rbd_encryption_luks1_format_options_t` and
+/// `rbd_encryption_luks2_format_options_t` (the same layout; `alg` is an
+/// `rbd_encryption_algorithm_t`, a C enum). librbd copies the passphrase
+/// during the call.
+#[repr(C)]
+pub(crate) struct RbdEncryptionLuksOptions {
+    pub alg: c_int,
+    pub passphrase: *const c_char,
+    pub passphrase_size: usize,
+}
+
+// rbd_encryption_format_t
+pub(crate) const RBD_ENCRYPTION_FORMAT_LUKS1: c_int = 0;
+pub(crate) const RBD_ENCRYPTION_FORMAT_LUKS2: c_int = 1;
+// rbd_encryption_algorithm_t
+pub(crate) const RBD_ENCRYPTION_ALGORITHM_AES128: c_int = 0;
+pub(crate) const RBD_ENCRYPTION_ALGORITHM_AES256: c_int = 1;
+
 // rbd_lock_mode_t
 pub(crate) const RBD_LOCK_MODE_EXCLUSIVE: c_int = 0;
 pub(crate) const RBD_LOCK_MODE_SHARED: c_int = 1;
@@ -327,6 +345,16 @@ fn_table! {
     }
 }
 
+fn_table! {
+    /// librbd's client-side encryption (Pacific 16.2 and later). Loaded
+    /// apart from [`RbdFns`], so that an older librbd still serves
+    /// unencrypted images and only encryption says what is missing.
+    RbdCryptoFns from LIBRBD => {
+        fn rbd_encryption_format(image: RbdImageT, format: c_int, opts: *mut c_void, opts_size: usize) -> c_int;
+        fn rbd_encryption_load(image: RbdImageT, format: c_int, opts: *mut c_void, opts_size: usize) -> c_int;
+    }
+}
+
 pub(crate) const LIBRADOS: &str = "librados.so.2";
 pub(crate) const LIBRBD: &str = "librbd.so.1";
 
@@ -335,6 +363,8 @@ pub(crate) const LIBRBD: &str = "librbd.so.1";
 pub(crate) struct Api {
     pub rados: RadosFns,
     pub rbd: RbdFns,
+    /// Missing symbols in a librbd older than Pacific.
+    pub crypto: Result<RbdCryptoFns, LibraryError>,
     _librados: Library,
     _librbd: Library,
 }
@@ -359,9 +389,11 @@ fn load_from(rados_name: &'static str, rbd_name: &'static str) -> Result<Api, Li
     // SAFETY: the declarations above are transcribed from the C headers.
     let rados = unsafe { RadosFns::load(&librados) }?;
     let rbd = unsafe { RbdFns::load(&librbd) }?;
+    let crypto = unsafe { RbdCryptoFns::load(&librbd) };
     Ok(Api {
         rados,
         rbd,
+        crypto,
         _librados: librados,
         _librbd: librbd,
     })

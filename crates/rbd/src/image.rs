@@ -1,17 +1,20 @@
 //! [`Image`]: an open RBD image (`rbd_image_t`) and everything done through
 //! it: size and resize, key/value metadata, snapshots, parent (clone)
-//! information and flatten, watchers, the exclusive lock, and synchronous
-//! I/O (read/write/discard/flush).
+//! information and flatten, watchers, the exclusive lock, client-side
+//! (LUKS) encryption, and synchronous I/O
+//! (read/write/discard/flush).
 
 use std::ffi::{c_char, c_int};
 use std::fmt;
 
 use crate::cluster::cstring;
+use crate::encryption::{self, EncryptionAlgorithm, EncryptionFormat};
 use crate::error::{ENOENT, ERANGE, Error, Result, check};
 use crate::ffi::{
     self, RbdImageInfo, RbdImageT, RbdImageWatcher, RbdLinkedImageSpec, RbdSnapInfo, RbdSnapSpec,
 };
 use crate::ioctx::{Features, IoCtx, image_target, opt_cstr};
+use crate::secret::Secret;
 
 /// Largest single librbd read/write: librbd returns the byte count as an
 /// `int`, so one call must stay below 2 GiB.
@@ -700,6 +703,62 @@ impl Image {
         // SAFETY: open handle.
         let rc = unsafe { (self.api().rbd.rbd_discard)(self.handle, off, len) };
         self.check(rc, "rbd_discard").map(|_| ())
+    }
+
+    // ----- encryption -----
+
+    /// Writes a LUKS header of `format` (cipher `alg`) at the start of the
+    /// image, opened by `passphrase`, and loads the encryption on this
+    /// handle. Everything the image held before is lost; librbd refuses
+    /// images with snapshots or a parent (EINVAL/EBUSY).
+    pub fn encryption_format(
+        &self,
+        format: EncryptionFormat,
+        alg: EncryptionAlgorithm,
+        passphrase: &Secret,
+    ) -> Result<()> {
+        const OP: &str = "rbd_encryption_format";
+        let fns = self.crypto(OP)?;
+        let mut opts = encryption::luks_options(alg, passphrase);
+        // SAFETY: open handle; the options struct and the passphrase it
+        // points to outlive the call.
+        let rc = unsafe {
+            (fns.rbd_encryption_format)(
+                self.handle,
+                format.raw(),
+                (&raw mut opts).cast(),
+                std::mem::size_of::<ffi::RbdEncryptionLuksOptions>(),
+            )
+        };
+        check(rc, OP, || format!("{} ({format})", self.target())).map(|_| ())
+    }
+
+    /// Opens the image's LUKS header of `format` with `passphrase`: from
+    /// now on, I/O through this handle is decrypted/encrypted and its size
+    /// is that of the data area. A wrong passphrase fails with EPERM
+    /// ([`Error::errno`] 1), a header of another format (or none) with
+    /// EINVAL.
+    pub fn encryption_load(&self, format: EncryptionFormat, passphrase: &Secret) -> Result<()> {
+        const OP: &str = "rbd_encryption_load";
+        let fns = self.crypto(OP)?;
+        let mut opts = encryption::luks_options(EncryptionAlgorithm::default(), passphrase);
+        // SAFETY: as in `encryption_format`.
+        let rc = unsafe {
+            (fns.rbd_encryption_load)(
+                self.handle,
+                format.raw(),
+                (&raw mut opts).cast(),
+                std::mem::size_of::<ffi::RbdEncryptionLuksOptions>(),
+            )
+        };
+        check(rc, OP, || format!("{} ({format})", self.target())).map(|_| ())
+    }
+
+    fn crypto(&self, op: &'static str) -> Result<&'static ffi::RbdCryptoFns> {
+        self.api().crypto.as_ref().map_err(|e| Error::Unsupported {
+            op,
+            reason: format!("client-side encryption needs Ceph Pacific (16.2) or newer: {e}"),
+        })
     }
 
     /// Waits until every write so far is durable on the OSDs.

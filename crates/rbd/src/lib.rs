@@ -17,14 +17,16 @@
 //! Ownership: a [`Cluster`] (one `rados_t`) is kept open and shared; each
 //! [`IoCtx`] and [`Image`] holds a reference to it, so handles can be
 //! stored freely and the connection closes when the last one is dropped.
-//! All three are `Send + Sync`. Keys travel as [`Secret`] and are only
-//! ever handed to librados in memory.
+//! All three are `Send + Sync`. Keys and encryption passphrases travel as
+//! [`Secret`] (zeroed on drop) and are only ever handed to librados/librbd
+//! in memory.
 //!
 //! Besides images, an [`IoCtx`] reads and writes plain RADOS objects' omaps
 //! (`omap_set`, `omap_get`, `omap_list`, `omap_remove`), where haina keeps
 //! small registries such as a pool's nodes.
 
 mod cluster;
+mod encryption;
 mod error;
 mod ffi;
 mod image;
@@ -33,6 +35,7 @@ mod object;
 mod secret;
 
 pub use cluster::{Cluster, ConnectOpts, LibraryVersions, PoolStats, library_versions};
+pub use encryption::{EncryptionAlgorithm, EncryptionFormat, LUKS_MAGIC, detect_format};
 pub use error::{Error, LibraryError, Result, errno_name};
 pub use image::{Image, ImageStat, LockMode, LockOwners, ParentInfo, SnapInfo, Watcher};
 pub use ioctx::{CreateOptions, Features, ImageSpec, IoCtx};

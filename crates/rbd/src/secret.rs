@@ -1,23 +1,30 @@
-//! [`Secret`]: a cephx key held in memory only. Its `Debug` and `Display`
-//! print `<redacted>`, it is not `Clone`-by-accident into logs (cloning is
-//! explicit), and its bytes are overwritten when dropped.
+//! [`Secret`]: a cephx key or an encryption passphrase, held in memory only.
+//! Its `Debug` and `Display` print `<redacted>`, it is not `Clone`-by-accident
+//! into logs (cloning is explicit), and its bytes (and those of every clone)
+//! are zeroed when dropped, by the `zeroize` crate, whose writes the compiler
+//! cannot optimise away.
 
 use std::fmt;
 
-/// A cephx key (the base64 string from a keyring's `key = ...` line).
+use zeroize::{Zeroize, Zeroizing};
+
+/// A cephx key (the base64 string from a keyring's `key = ...` line) or an
+/// encryption passphrase (taken byte for byte: never trimmed).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub struct Secret(Zeroizing<String>);
 
 impl Secret {
     pub fn new(key: impl Into<String>) -> Self {
-        Secret(key.into())
+        Secret(Zeroizing::new(key.into()))
     }
 
-    /// The key itself. Only for handing it to librados; never log it.
+    /// The secret itself. Only for handing it to librados/librbd or down a
+    /// pipe; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
 
+    /// Empty or only whitespace.
     pub fn is_empty(&self) -> bool {
         self.0.trim().is_empty()
     }
@@ -25,13 +32,13 @@ impl Secret {
 
 impl From<String> for Secret {
     fn from(s: String) -> Self {
-        Secret(s)
+        Secret(Zeroizing::new(s))
     }
 }
 
 impl From<&str> for Secret {
     fn from(s: &str) -> Self {
-        Secret(s.to_owned())
+        Secret::new(s)
     }
 }
 
@@ -47,19 +54,10 @@ impl fmt::Display for Secret {
     }
 }
 
-impl Drop for Secret {
-    fn drop(&mut self) {
-        wipe(std::mem::take(&mut self.0).into_bytes());
-    }
-}
-
-/// Overwrites a buffer that held key material before freeing it.
+/// Zeroes a buffer that held secret material before freeing it (e.g. the
+/// `CString` a secret was copied into for a C call).
 pub(crate) fn wipe(mut bytes: Vec<u8>) {
-    for b in bytes.iter_mut() {
-        // SAFETY: `b` is a valid, exclusive reference.
-        unsafe { std::ptr::write_volatile(b, 0) };
-    }
-    std::sync::atomic::compiler_fence(std::sync::atomic::Ordering::SeqCst);
+    bytes.zeroize();
 }
 
 #[cfg(test)]
@@ -73,5 +71,8 @@ mod tests {
         assert_eq!(format!("{s:?}"), "<redacted>");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some(<redacted>)");
         assert_eq!(s.expose(), "AQBkey==");
+        // Passphrases are kept byte for byte.
+        assert_eq!(Secret::new(" pass phrase\n").expose(), " pass phrase\n");
+        assert!(Secret::new(" \n").is_empty());
     }
 }

@@ -585,3 +585,179 @@ fn own_address_is_what_watchers_show() {
     let other = env.second_client();
     assert_ne!(other.addrs().unwrap(), addrs, "two clients, one address");
 }
+
+/// Whether `needle` occurs anywhere in `hay`.
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn encryption_format_load_and_clone() {
+    use haina_rbd::{EncryptionAlgorithm, EncryptionFormat, detect_format};
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let pass = Secret::new("correct horse battery staple");
+    for (format, header) in [
+        (EncryptionFormat::Luks2, 16 * MIB),
+        (EncryptionFormat::Luks1, 4 * MIB),
+    ] {
+        let (name, _g) = create(&io, "crypt", 64 * MIB, Features::DEFAULT);
+        let img = io.open(&name).unwrap();
+        let t = std::time::Instant::now();
+        img.encryption_format(format, EncryptionAlgorithm::Aes256, &pass)
+            .unwrap();
+        eprintln!("{format}: format took {:?}", t.elapsed());
+        // Formatting loads the encryption on the handle: its size is the
+        // data area's.
+        assert_eq!(img.size().unwrap(), 64 * MIB - header, "{format}");
+        drop(img);
+        // Raw, the image starts with the header and keeps its size.
+        let raw = io.open(&name).unwrap();
+        let mut head = [0u8; 8];
+        raw.read_at(0, &mut head).unwrap();
+        assert_eq!(detect_format(&head), Some(format));
+        assert_eq!(raw.size().unwrap(), 64 * MIB);
+        let img = io.open(&name).unwrap();
+        let t = std::time::Instant::now();
+        img.encryption_load(format, &pass).unwrap();
+        eprintln!("{format}: load took {:?}", t.elapsed());
+        assert_eq!(img.size().unwrap(), 64 * MIB - header, "{format}");
+        // Objects never written read as zeros (a blank device for mkfs);
+        // 512-byte I/O (a loop device's sector) works; the raw bytes hold
+        // no plaintext. (Sectors never written inside a written object
+        // read as garbage, as on dm-crypt.)
+        let mut z = vec![1u8; 8192];
+        img.read_at(0, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0));
+        let small = pattern(7, 512);
+        img.write_at(512, &small).unwrap();
+        let p = pattern(9, 64 * 1024);
+        img.write_at(MIB, &p).unwrap();
+        img.flush().unwrap();
+        let mut back = vec![0u8; 512];
+        img.read_at(512, &mut back).unwrap();
+        assert_eq!(back, small);
+        let mut rawbuf = vec![0u8; 2 * MIB as usize];
+        raw.read_at(header, &mut rawbuf).unwrap();
+        assert!(!contains(&rawbuf, &p[..64]) && !contains(&rawbuf, &small[..64]));
+        // A wrong passphrase is EPERM, the other format EINVAL.
+        let e = io
+            .open(&name)
+            .unwrap()
+            .encryption_load(format, &Secret::new("wrong"))
+            .unwrap_err();
+        assert_eq!(e.errno_name(), Some("EPERM"), "{e}");
+        assert!(!e.to_string().contains("wrong"), "{e}");
+        let other = match format {
+            EncryptionFormat::Luks1 => EncryptionFormat::Luks2,
+            EncryptionFormat::Luks2 => EncryptionFormat::Luks1,
+        };
+        let e = io
+            .open(&name)
+            .unwrap()
+            .encryption_load(other, &pass)
+            .unwrap_err();
+        assert_eq!(e.errno_name(), Some("EINVAL"), "{e}");
+        if format == EncryptionFormat::Luks1 {
+            continue;
+        }
+        // Clone v2 of a snapshot: the clone inherits the header and opens
+        // with the same passphrase; a write into an object only the parent
+        // has (copy-up) keeps the parent's ciphertext; nothing is plain.
+        drop(img);
+        raw.snap_create("pit").unwrap();
+        let after = io.open(&name).unwrap();
+        after.encryption_load(format, &pass).unwrap();
+        after.write_at(MIB, &pattern(10, 64 * 1024)).unwrap();
+        after.flush().unwrap();
+        let child = unique("crypt-child");
+        io.clone_image(&io, &name, "pit", &child, Features::DEFAULT)
+            .unwrap();
+        let _cg = Cleanup {
+            io: io.clone(),
+            name: child.clone(),
+        };
+        let c = io.open(&child).unwrap();
+        c.encryption_load(format, &pass).unwrap();
+        let mut cb = vec![0u8; p.len()];
+        c.read_at(MIB, &mut cb).unwrap();
+        assert_eq!(cb, p, "the clone shows the snapshot's data");
+        let q = pattern(11, 4096);
+        c.write_at(MIB + 128 * 1024, &q).unwrap();
+        c.flush().unwrap();
+        c.read_at(MIB, &mut cb).unwrap();
+        assert_eq!(cb, p, "copy-up kept the parent's data");
+        let craw = io.open(&child).unwrap();
+        craw.read_at(header, &mut rawbuf).unwrap();
+        assert!(!contains(&rawbuf, &p[..64]) && !contains(&rawbuf, &q[..64]));
+        // Grown (raw) and flattened, it still opens and holds its data.
+        // (Closed first: with exclusive-lock, librbd forwards a flatten to
+        // the lock owner, and one with encryption loaded copies the parent
+        // up through it, encrypting the header a second time.)
+        drop(c);
+        craw.resize(96 * MIB).unwrap();
+        craw.flatten().unwrap();
+        drop(craw);
+        raw.snap_remove("pit").unwrap();
+        let c = io.open(&child).unwrap();
+        c.encryption_load(format, &pass).unwrap();
+        assert_eq!(c.size().unwrap(), 96 * MIB - header);
+        c.read_at(MIB, &mut cb).unwrap();
+        assert_eq!(cb, p);
+        let mut qb = vec![0u8; q.len()];
+        c.read_at(MIB + 128 * 1024, &mut qb).unwrap();
+        assert_eq!(qb, q);
+        let mut z = vec![1u8; 4096];
+        c.read_at(70 * MIB, &mut z).unwrap();
+        assert!(z.iter().all(|&b| b == 0), "the grown area reads zeros");
+    }
+}
+
+/// Why haina makes encrypted restores and clones flat: librbd 16.2 fails
+/// I/O to an encrypted clone grown past its parent, over the header-sized
+/// range after the parent's (decrypted) end; flattened, it works. (If this
+/// starts failing after a Ceph upgrade, librbd fixed it.)
+#[test]
+fn encrypted_clone_grown_past_its_parent() {
+    use haina_rbd::{EncryptionAlgorithm, EncryptionFormat};
+    let Some(env) = env() else { return };
+    let io = env.io();
+    let pass = Secret::new("pw");
+    let (format, header) = (EncryptionFormat::Luks1, 4 * MIB);
+    let (name, _g) = create(&io, "egrow", 64 * MIB, Features::DEFAULT);
+    let img = io.open(&name).unwrap();
+    img.encryption_format(format, EncryptionAlgorithm::Aes256, &pass)
+        .unwrap();
+    drop(img);
+    let raw = io.open(&name).unwrap();
+    raw.snap_create("s").unwrap();
+    let child = unique("egrow-child");
+    io.clone_image(&io, &name, "s", &child, Features::DEFAULT)
+        .unwrap();
+    let _cg = Cleanup {
+        io: io.clone(),
+        name: child.clone(),
+    };
+    io.open(&child).unwrap().resize(128 * MIB).unwrap();
+    let parent_end = 64 * MIB - header;
+    let io_at = |c: &haina_rbd::Image, off: u64| {
+        let mut b = vec![0u8; 4096];
+        c.read_at(off, &mut b).map(drop)
+    };
+    let c = io.open(&child).unwrap();
+    c.encryption_load(format, &pass).unwrap();
+    assert_eq!(c.size().unwrap(), 128 * MIB - header);
+    assert!(io_at(&c, parent_end - 4096).is_ok());
+    let e = io_at(&c, parent_end).unwrap_err();
+    assert_eq!(e.errno_name(), Some("EINVAL"), "{e}");
+    assert!(io_at(&c, parent_end + header).is_ok());
+    drop(c);
+    io.open(&child).unwrap().flatten().unwrap();
+    raw.snap_remove("s").unwrap();
+    let c = io.open(&child).unwrap();
+    c.encryption_load(format, &pass).unwrap();
+    for off in [parent_end - 4096, parent_end, parent_end + header] {
+        assert!(io_at(&c, off).is_ok(), "offset {off} after flatten");
+    }
+    c.write_at(parent_end, &[7u8; 4096]).unwrap();
+}

@@ -13,8 +13,11 @@
 //!
 //! The plugin opens `/dev/fuse` and makes the FUSE mount itself (in its own
 //! mount namespace), then hands the connection's fd to the server, which it
-//! starts detached: its own session, the key on a pipe on stdin (never argv,
-//! env or a file), a readiness line on a pipe on stdout. The server moves
+//! starts detached: its own session, the key (and, for an encrypted volume,
+//! the passphrase) on a pipe on stdin (never argv, env or a file), a
+//! readiness line on a pipe on stdout. The server loads the encryption and
+//! serves the decrypted image; a wrong passphrase makes it exit before
+//! anything is attached. The server moves
 //! into a private mount namespace holding no mount stacked on any FUSE,
 //! loop, rbd or nbd device (see `cli::rbd_fuse`), so it is never the one
 //! that holds the ext4 on its own device, and it outlives a plugin restart.
@@ -64,6 +67,8 @@ pub const IMAGE_FILE: &str = "image";
 /// Exit codes of `haina rbd-fuse` the plugin tells apart.
 pub const EXIT_LOCK_HELD: i32 = 3;
 pub const EXIT_IMAGE_MISSING: i32 = 4;
+/// The passphrase does not open the image's LUKS header.
+pub const EXIT_WRONG_PASSPHRASE: i32 = 5;
 
 /// How long the server may take to connect, open, lock and mount.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -298,6 +303,9 @@ fn start_server(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<(), At
     if let Some(conf) = target.ceph_conf {
         cmd.arg("--ceph-conf").arg(conf);
     }
+    if let Some(unlock) = &target.encryption {
+        cmd.args(["--encryption-format", unlock.format.as_str()]);
+    }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log));
@@ -338,11 +346,10 @@ fn start_server(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<(), At
     if let Err(e) = fs::write(&paths.pid, format!("{pid}\n")) {
         tracing::warn!(pid_file = %paths.pid.display(), error = %e, "writing the server's pid file");
     }
-    // The key goes through the pipe and the pipe is closed: nothing else.
+    // The key (and the passphrase) go through the pipe and the pipe is
+    // closed: nothing else carries them.
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(target.key.expose().as_bytes())
-            .map_err(sys("handing the key to the FUSE server"))?;
+        write_secrets(&mut stdin, target).map_err(sys("handing the key to the FUSE server"))?;
     }
     let (ready_tx, ready_rx) = mpsc::channel::<bool>();
     if let Some(mut stdout) = child.stdout.take() {
@@ -381,6 +388,13 @@ fn start_server(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<(), At
                     detail: tail,
                 },
                 Some(EXIT_IMAGE_MISSING) => AttachError::ImageMissing { image: spec },
+                Some(EXIT_WRONG_PASSPHRASE) if target.encryption.is_some() => {
+                    let unlock = target.encryption.as_ref().expect("checked");
+                    AttachError::WrongPassphrase {
+                        volume: unlock.volume.to_string(),
+                        format: unlock.format,
+                    }
+                }
                 _ => AttachError::Server {
                     image: spec,
                     detail: format!("exited ({status}) before it was ready: {tail}"),
@@ -407,6 +421,18 @@ fn start_server(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<(), At
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The server's stdin: the cephx key, then (for an encrypted volume) a
+/// newline and the passphrase, byte for byte up to the end of the pipe. A
+/// base64 key never holds a newline, so the first one separates the two.
+pub(crate) fn write_secrets(w: &mut impl Write, target: &Target<'_>) -> io::Result<()> {
+    w.write_all(target.key.expose().as_bytes())?;
+    if let Some(unlock) = &target.encryption {
+        w.write_all(b"\n")?;
+        w.write_all(unlock.passphrase.expose().as_bytes())?;
+    }
+    w.flush()
 }
 
 /// Opens `/dev/fuse` and mounts the connection at the mount point

@@ -8,6 +8,11 @@
 //!
 //! The key reaches `rbd` through a 0600 key file that is removed as soon as
 //! the command returns (the kernel keeps its copy in the kernel keyring).
+//!
+//! Encrypted volumes are refused (FAILED_PRECONDITION): librbd's LUKS
+//! encryption lives in librbd, which the kernel client does not run; it
+//! would need dm-crypt (cryptsetup over `/dev/rbdN`), which haina does not
+//! do. Use the fuse or nbd mounter for them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -99,8 +104,12 @@ pub fn find(pool: &str, ns: &str, image: &str) -> Option<Attachment> {
         .find(|a| a.backing == wanted)
 }
 
-/// Maps the image (or finds its mapping).
+/// Maps the image (or finds its mapping). An encrypted volume is refused:
+/// the kernel client cannot load librbd's encryption.
 pub fn attach(target: &Target<'_>, key_dir: &Path) -> Result<Attachment, AttachError> {
+    if target.encryption.is_some() {
+        return Err(AttachError::Encrypted { mounter: "krbd" });
+    }
     if let Some(a) = find(target.rados_pool, target.namespace, target.image) {
         return Ok(a);
     }

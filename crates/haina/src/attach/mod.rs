@@ -12,6 +12,13 @@
 //! fuse. A mounter that cannot run here fails with FAILED_PRECONDITION
 //! naming the missing kernel module.
 //!
+//! Encrypted volumes (librbd's LUKS encryption, see
+//! `backend::rbd::crypt`) need a mounter that runs librbd: fuse and nbd
+//! load the encryption with the passphrase in [`Target::encryption`];
+//! krbd cannot (the kernel client would need dm-crypt over `/dev/rbdN`,
+//! which haina does not do), so `auto` skips it for them and an explicit
+//! krbd is FAILED_PRECONDITION.
+//!
 //! In every mounter the process that serves I/O is not the node plugin
 //! (the kernel itself, a detached `rbd-nbd` or a detached `haina rbd-fuse`),
 //! so restarting the plugin never interrupts a mounted volume, and the
@@ -55,9 +62,17 @@ impl Mounter {
     /// The mounter to use on this node: `auto` resolved, and an explicit
     /// choice checked against what the kernel offers.
     pub fn resolve(self) -> Result<Mounter, AttachError> {
+        self.resolve_for(false)
+    }
+
+    /// [`Mounter::resolve`] for a volume that is `encrypted` or not: krbd
+    /// cannot load librbd's encryption, so `auto` passes it over and an
+    /// explicit krbd is refused.
+    pub fn resolve_for(self, encrypted: bool) -> Result<Mounter, AttachError> {
         match self {
+            Self::Krbd if encrypted => Err(AttachError::Encrypted { mounter: "krbd" }),
             Self::Auto => {
-                if krbd::available().is_ok() {
+                if !encrypted && krbd::available().is_ok() {
                     Ok(Self::Krbd)
                 } else if nbd::available().is_ok() {
                     Ok(Self::Nbd)
@@ -137,6 +152,14 @@ impl FromStr for OpenMode {
     }
 }
 
+/// What unlocks an encrypted volume: its LUKS format and passphrase.
+pub struct Unlock<'a> {
+    /// The volume's ID (for messages).
+    pub volume: &'a str,
+    pub format: haina_rbd::EncryptionFormat,
+    pub passphrase: &'a Secret,
+}
+
 /// One image to attach, and how to reach its cluster.
 pub struct Target<'a> {
     pub rados_pool: &'a str,
@@ -149,6 +172,9 @@ pub struct Target<'a> {
     pub key: &'a Secret,
     pub mode: OpenMode,
     pub node_id: &'a str,
+    /// Set for an encrypted volume: the mounter loads the encryption and
+    /// serves the decrypted view.
+    pub encryption: Option<Unlock<'a>>,
 }
 
 impl Target<'_> {
@@ -182,6 +208,13 @@ pub enum AttachError {
     LockHeld { image: String, detail: String },
     /// The image does not exist (any more).
     ImageMissing { image: String },
+    /// The volume is encrypted and the mounter cannot load the encryption.
+    Encrypted { mounter: &'static str },
+    /// The passphrase does not open the volume's LUKS header.
+    WrongPassphrase {
+        volume: String,
+        format: haina_rbd::EncryptionFormat,
+    },
     /// Something else sits where the attachment should be.
     Conflict(String),
     /// The FUSE server exited or did not get ready in time.
@@ -230,6 +263,19 @@ impl fmt::Display for AttachError {
                  or blocklist that client if its node is dead (see docs/rbd.md)"
             ),
             Self::ImageMissing { image } => write!(f, "image {image} does not exist"),
+            Self::Encrypted { mounter } => write!(
+                f,
+                "the volume is encrypted with librbd's LUKS encryption, which mounter {mounter} \
+                 cannot load: the kernel RBD client would need dm-crypt (cryptsetup over \
+                 /dev/rbdN), which haina does not do; set the pool's mounter to \"fuse\" or \
+                 \"nbd\" (or \"auto\", which passes krbd over for encrypted volumes)"
+            ),
+            Self::WrongPassphrase { volume, format } => write!(
+                f,
+                "volume {volume}: the passphrase in secrets.{} does not open its {format} \
+                 header; nothing was attached",
+                crate::backend::rbd::crypt::SECRET_PASSPHRASE
+            ),
             Self::Conflict(m) => f.write_str(m),
             Self::Server { image, detail, log } => write!(
                 f,
@@ -250,6 +296,9 @@ impl From<AttachError> for Error {
             | AttachError::Missing { .. }
             | AttachError::LockHeld { .. } => Error::FailedPrecondition(e.to_string()),
             AttachError::ImageMissing { .. } => Error::NotFound(e.to_string()),
+            AttachError::Encrypted { .. } => Error::FailedPrecondition(e.to_string()),
+            // Like a refused cephx key: the same secret can never work.
+            AttachError::WrongPassphrase { .. } => Error::Unauthenticated(e.to_string()),
             AttachError::Conflict(_) => Error::FailedPrecondition(e.to_string()),
             AttachError::Server { .. } => Error::internal("attaching over FUSE", e),
             AttachError::System { what, source } => Error::Internal {
@@ -319,6 +368,27 @@ mod tests {
         for mode in [OpenMode::ReadOnly, OpenMode::Shared, OpenMode::Exclusive] {
             assert_eq!(mode.as_str().parse::<OpenMode>().unwrap(), mode);
         }
+    }
+
+    #[test]
+    fn encrypted_volumes_never_get_krbd() {
+        let e = Mounter::Krbd.resolve_for(true).unwrap_err();
+        assert!(matches!(e, AttachError::Encrypted { mounter: "krbd" }));
+        let msg = Error::from(e).to_string();
+        assert!(
+            msg.contains("dm-crypt") && msg.contains("\"fuse\""),
+            "{msg}"
+        );
+        // auto never answers krbd for an encrypted volume, whatever the node has.
+        if let Ok(m) = Mounter::Auto.resolve_for(true) {
+            assert_ne!(m, Mounter::Krbd);
+        }
+        let e = Error::from(AttachError::WrongPassphrase {
+            volume: "ceph.v".into(),
+            format: haina_rbd::EncryptionFormat::Luks2,
+        });
+        assert_eq!(e.code(), tonic::Code::Unauthenticated);
+        assert!(e.to_string().contains("volume ceph.v"), "{e}");
     }
 
     #[test]

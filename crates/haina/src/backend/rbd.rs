@@ -37,6 +37,7 @@
 //! (NOT_FOUND) or one that stopped heartbeating (FAILED_PRECONDITION).
 
 pub mod conn;
+pub mod crypt;
 pub mod meta;
 pub mod nodes;
 
@@ -47,9 +48,9 @@ use std::path::{Path, PathBuf};
 use haina_rbd::{Features, Image, ParentInfo};
 
 use self::conn::{Conn, Connections, ceph_err};
-use self::meta::{Kind, Meta};
+use self::meta::{EncryptionRecord, Kind, Meta};
 use super::{Attachment, Backend, CreateSpec};
-use crate::attach::{self, Mounter, OpenMode, Target};
+use crate::attach::{self, Mounter, OpenMode, Target, Unlock};
 use crate::config::RbdConfig;
 use crate::error::{Error, Result};
 use crate::ids::{ObjectId, PoolName, SnapshotId, VolumeId};
@@ -334,6 +335,10 @@ impl RbdPool {
             if p.is_some_and(|p| p.image_name == parent) {
                 return Ok(());
             }
+            // An encrypted clone flattened before a crash (crypt::flatten_new).
+            if crypt::flattened_from(&img)?.as_deref() == Some(parent) {
+                return Ok(());
+            }
             drop(img);
             tracing::warn!(
                 image = child,
@@ -372,9 +377,17 @@ impl RbdPool {
         }
     }
 
-    /// The source image a create copies from: `(parent image, parent snap)`.
-    /// For a volume source the temporary snapshot is made here.
-    fn source_of(&self, c: &Conn, source: &ContentSource, child: &str) -> Result<(String, String)> {
+    /// The source image a create copies from: `(parent image, parent snap,
+    /// its encryption)`, once its encryption is found to agree with the new
+    /// volume's (`wanted`). For a volume source the temporary snapshot is
+    /// made here.
+    fn source_of(
+        &self,
+        c: &Conn,
+        source: &ContentSource,
+        child: &str,
+        wanted: Option<haina_rbd::EncryptionFormat>,
+    ) -> Result<(String, String, Option<EncryptionRecord>)> {
         let (field, raw, kind) = match source {
             ContentSource::Snapshot(s) => (
                 "volume_content_source.snapshot.snapshot_id",
@@ -392,11 +405,13 @@ impl RbdPool {
                 self.name
             )));
         }
-        let (image, _, _) = self
+        let (image, source_meta, _) = self
             .live(c, kind, id.object())?
             .ok_or_else(|| Error::NotFound(format!("{field} {raw} does not exist")))?;
+        let encryption = source_meta.encryption(&image)?;
+        crypt::check_source(encryption.as_ref(), wanted, field, raw)?;
         match kind {
-            Kind::Snapshot => Ok((image, meta::RESTORE_SNAP.to_string())),
+            Kind::Snapshot => Ok((image, meta::RESTORE_SNAP.to_string(), encryption)),
             Kind::Volume => {
                 // The temporary snapshot is named after the child, so a retry
                 // finds it; once the clone exists it is not needed.
@@ -405,19 +420,36 @@ impl RbdPool {
                     let _frozen = self.freeze_if_mounted_here(&id)?;
                     self.ensure_snap(c, &img, child)?;
                 }
-                Ok((image, child.to_string()))
+                Ok((image, child.to_string(), encryption))
             }
         }
     }
 
-    fn build_volume(&self, c: &Conn, spec: &CreateSpec, image: &str) -> Result<Volume> {
-        match &spec.source {
+    fn build_volume(
+        &self,
+        c: &Conn,
+        spec: &CreateSpec,
+        image: &str,
+        secrets: &Secrets,
+    ) -> Result<Volume> {
+        let wanted = crypt::wanted(&spec.context)?;
+        let encryption = match &spec.source {
             None => {
+                // An encrypted volume is formatted: its passphrase first,
+                // before anything changes in Ceph.
+                let passphrase = wanted
+                    .map(|f| {
+                        let why = format!("create volume {}, which is encrypted ({f})", spec.id);
+                        crypt::passphrase(secrets, &why, "provisioner")
+                    })
+                    .transpose()?;
                 if let Some(img) = self.try_open_ro(c, image)?
-                    && self
+                    && (self
                         .ck(c, || format!("parent of {image}"), img.parent_info())?
                         .is_some()
+                        || (wanted.is_none() && self.is_encrypted(c, &img)?))
                 {
+                    // Left by an interrupted create of another kind.
                     drop(img);
                     self.ck(c, || format!("removing {image}"), c.io.remove_image(image))?;
                 }
@@ -426,23 +458,38 @@ impl RbdPool {
                     Err(e) if e.is_already_exists() => {}
                     Err(e) => self.ck(c, || format!("creating image {image}"), Err(e))?,
                 }
+                match (wanted, &passphrase) {
+                    (Some(f), Some(p)) => Some(self.ensure_formatted(c, image, f, p)?),
+                    _ => None,
+                }
             }
             Some(source) => {
-                let (parent, snap) = self.source_of(c, source, image)?;
+                let (parent, snap, encryption) = self.source_of(c, source, image, wanted)?;
                 self.ensure_clone(c, &parent, &snap, image)?;
                 if matches!(source, ContentSource::Volume(_)) {
                     self.drop_snap(c, &parent, &snap)?;
                 }
+                encryption
             }
-        }
+        };
         crate::failpoint::hit("rbd-after-create")?;
         let img = self.open_rw(c, image)?;
         let size = self.ck(c, || format!("size of {image}"), img.size())?;
-        if size < spec.capacity {
-            self.ck(c, || format!("resizing {image}"), img.resize(spec.capacity))?;
+        // The raw image holds the encryption header before the capacity.
+        let raw = spec.capacity + encryption.map_or(0, |e| e.header);
+        if size < raw {
+            self.ck(c, || format!("resizing {image}"), img.resize(raw))?;
         }
-        if spec.source.is_some() {
-            self.limit_depth(c, &img)?;
+        match (&spec.source, &encryption) {
+            (None, _) => {}
+            (Some(_), None) => self.limit_depth(c, &img)?,
+            // librbd 16.2 fails I/O to an encrypted clone grown past its
+            // parent (EINVAL in the header-sized range after the parent's
+            // end), so an encrypted restore or clone is made flat: a full
+            // copy of the ciphertext, done now, while nobody has it open (a
+            // flatten forwarded to an owner with encryption loaded would
+            // encrypt the header again). Every encrypted volume is flat.
+            (Some(_), Some(_)) => crypt::flatten_new(&img)?,
         }
         let mut keys = vec![
             (meta::KEY_NAME, spec.name.clone()),
@@ -452,9 +499,49 @@ impl RbdPool {
         if let Some(s) = &spec.source {
             keys.push((meta::KEY_SOURCE, to_json(s)?));
         }
+        if let Some(e) = &encryption {
+            keys.push((meta::KEY_ENCRYPTION, to_json(e)?));
+        }
         self.write_meta(c, &img, &keys)?;
         let meta = self.read_meta(c, &img)?;
-        self.volume_of(&spec.id, image, &meta, size.max(spec.capacity))
+        self.volume_of(&spec.id, image, &meta, size.max(raw))
+    }
+
+    /// Formats a new image for encryption (or finds it formatted by an
+    /// earlier, interrupted attempt) and records how (`haina.encryption`).
+    /// The image is incomplete (no `haina.id`), so it holds no data yet
+    /// and formatting it again is harmless.
+    fn ensure_formatted(
+        &self,
+        c: &Conn,
+        image: &str,
+        format: haina_rbd::EncryptionFormat,
+        passphrase: &haina_rbd::Secret,
+    ) -> Result<EncryptionRecord> {
+        let img = self.open_rw(c, image)?;
+        if let Some(rec) = self.read_meta(c, &img)?.encryption(image)?
+            && rec.format == format
+        {
+            return Ok(rec);
+        }
+        let rec = crypt::format(&img, format, passphrase)?;
+        // That handle has the encryption loaded: metadata through a plain one.
+        drop(img);
+        crate::failpoint::hit("rbd-after-format")?;
+        let img = self.open_rw(c, image)?;
+        self.ck(
+            c,
+            || format!("recording the encryption of {image}"),
+            img.metadata_set(meta::KEY_ENCRYPTION, &to_json(&rec)?),
+        )?;
+        tracing::info!(image, format = %format, header = rec.header, "formatted for encryption");
+        Ok(rec)
+    }
+
+    /// Whether an (incomplete) image was made encrypted: recorded so, or a
+    /// LUKS header at its start (a format interrupted before the record).
+    fn is_encrypted(&self, c: &Conn, img: &Image) -> Result<bool> {
+        Ok(self.read_meta(c, img)?.encryption(img.name())?.is_some() || crypt::has_header(img)?)
     }
 
     /// Moves a plain image to the trash and purges it on a background
@@ -795,7 +882,7 @@ impl Backend for RbdPool {
             // An interrupted create: finish it.
             Slot::Present { image, .. } | Slot::Missing { image } => image,
         };
-        self.build_volume(&c, spec, &image)
+        self.build_volume(&c, spec, &image, secrets)
     }
 
     fn delete_volume(&self, id: &VolumeId, secrets: &Secrets) -> Result<()> {
@@ -977,18 +1064,21 @@ impl Backend for RbdPool {
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64> {
         self.own(id)?;
         let c = self.conns.get(secrets)?;
-        let (image, _, current) = self
+        let (image, meta, current) = self
             .live(&c, Kind::Volume, id.object())?
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
-        if current < size {
-            let img = self.open_rw(&c, &image)?;
-            self.ck(
-                &c,
-                || format!("resizing {image} to {size}"),
-                img.resize(size),
-            )?;
+        // Sizes here are raw: an encrypted image's header comes on top.
+        let encryption = meta.encryption(&image)?;
+        let header = encryption.map_or(0, |e| e.header);
+        if encryption.is_some() {
+            crypt::check_growable(&self.open_rw(&c, &image)?, id)?;
         }
-        Ok(current.max(size))
+        let raw = size + header;
+        if current < raw {
+            let img = self.open_rw(&c, &image)?;
+            self.ck(&c, || format!("resizing {image} to {raw}"), img.resize(raw))?;
+        }
+        Ok(current.saturating_sub(header).max(size))
     }
 
     fn create_snapshot(
@@ -1025,9 +1115,11 @@ impl Backend for RbdPool {
             }
             Slot::Present { image, .. } | Slot::Missing { image } => image,
         };
-        let (src, _, _) = self
+        let (src, src_meta, _) = self
             .live(&c, Kind::Volume, source.object())?
             .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
+        // A snapshot of an encrypted volume is a clone: encrypted the same way.
+        let encryption = src_meta.encryption(&src)?;
         // The point in time: an RBD snapshot of the source named after the
         // snapshot image, cloned into that image, then let go.
         // An interrupted earlier attempt left the clone: keep it if it is a
@@ -1077,10 +1169,15 @@ impl Backend for RbdPool {
         let record = meta::SnapRecord {
             name: name.to_string(),
             source_volume_id: source.to_string(),
-            size,
+            size: size.saturating_sub(encryption.map_or(0, |e| e.header)),
             created: crate::volume::now_unix(),
         };
-        self.write_meta(&c, &img, &[(meta::KEY_SNAPSHOT, to_json(&record)?)])?;
+        let size = record.size;
+        let mut keys = vec![(meta::KEY_SNAPSHOT, to_json(&record)?)];
+        if let Some(e) = &encryption {
+            keys.push((meta::KEY_ENCRYPTION, to_json(e)?));
+        }
+        self.write_meta(&c, &img, &keys)?;
         Ok(Snapshot {
             id: id.to_string(),
             name: record.name,
@@ -1163,12 +1260,17 @@ impl Backend for RbdPool {
             }
             return Ok(a);
         }
-        let mounter = self.mounter.resolve()?;
         let c = self.conns.get(secrets)?;
         let creds = c.credentials();
         let (image, meta, _) = self
             .live(&c, Kind::Volume, id.object())?
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let volume = id.to_string();
+        let unlock = crypt::for_attach(&volume, meta.encryption(&image)?, secrets)?;
+        let mounter = self
+            .mounter
+            .resolve_for(unlock.is_some())
+            .map_err(|e| Error::from(e).context(format!("volume {id}")))?;
         let pubs: BTreeMap<String, Publication> = meta.publications(&image)?;
         let addr = self.conns.addr();
         let target = Target {
@@ -1181,6 +1283,11 @@ impl Backend for RbdPool {
             key: &creds.key,
             mode: OpenMode::for_publication(pubs.get(&self.node_id)),
             node_id: &self.node_id,
+            encryption: unlock.as_ref().map(|(format, passphrase)| Unlock {
+                volume: &volume,
+                format: *format,
+                passphrase,
+            }),
         };
         let a = match mounter {
             Mounter::Krbd => attach::krbd::attach(&target, &self.node_dir)?,

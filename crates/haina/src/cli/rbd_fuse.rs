@@ -19,6 +19,11 @@
 //!
 //! - The cephx key arrives on stdin (a pipe the plugin closes after
 //!   writing); stdin is then pointed at /dev/null. Nothing else carries it.
+//!   For an encrypted image (`--encryption-format luks1|luks2`) the
+//!   passphrase follows the key on the same pipe (after a newline, byte for
+//!   byte); the server loads the encryption right after opening the image
+//!   (before taking the lock or writing anything) and serves the decrypted
+//!   image, whose size is the data area's.
 //! - The image is opened once and used by every FUSE worker thread
 //!   (`--threads`, each with its own cloned `/dev/fuse` fd), with
 //!   `FOPEN_DIRECT_IO` + parallel direct writes and 1 MiB requests, so the
@@ -35,7 +40,8 @@
 //!   exits.
 //!
 //! Exit codes: 0 after a clean unmount, 3 if another client holds the
-//! exclusive lock, 4 if the image does not exist, 1 for anything else.
+//! exclusive lock, 4 if the image does not exist, 5 if the passphrase does
+//! not open the image's header, 1 for anything else.
 
 use std::ffi::OsStr;
 use std::io::Read;
@@ -53,7 +59,7 @@ use fuser::{
 use haina_rbd::{Cluster, ConnectOpts, Image, Secret};
 
 use crate::attach::OpenMode;
-use crate::attach::fuse::{EXIT_IMAGE_MISSING, EXIT_LOCK_HELD, IMAGE_FILE};
+use crate::attach::fuse::{EXIT_IMAGE_MISSING, EXIT_LOCK_HELD, EXIT_WRONG_PASSPHRASE, IMAGE_FILE};
 use crate::backend::rbd::meta::{ATTACH_PREFIX, AttachRecord};
 
 #[derive(clap::Args, Debug)]
@@ -91,7 +97,14 @@ pub struct Args {
     /// FUSE worker threads (requests served in parallel).
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
+    /// The image is encrypted (luks1, luks2): its passphrase follows the
+    /// key on stdin, and the server serves the decrypted image.
+    #[arg(long)]
+    pub encryption_format: Option<haina_rbd::EncryptionFormat>,
 }
+
+/// librbd's answer to a passphrase that does not open the header.
+const EPERM: i32 = 1;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -137,21 +150,51 @@ fn refuse(code: i32, message: String) -> BoxError {
     Box::new(Refused { code, message })
 }
 
-fn read_key() -> Result<Secret, BoxError> {
-    let mut key = String::new();
-    std::io::stdin().read_to_string(&mut key)?;
+/// Most bytes read from stdin (a key and a passphrase).
+const MAX_SECRETS: usize = 64 * 1024;
+
+/// Reads the plugin's stdin (see `attach::fuse::write_secrets`): the cephx
+/// key, then, when `encrypted`, a newline and the passphrase byte for byte.
+/// The buffer is allocated once (never regrown, so no stale copy is left
+/// in freed memory) and zeroed when dropped.
+fn read_secrets(encrypted: bool) -> Result<(Secret, Option<Secret>), BoxError> {
+    let mut buf = zeroize::Zeroizing::new(Vec::with_capacity(MAX_SECRETS));
+    std::io::stdin()
+        .take(MAX_SECRETS as u64)
+        .read_to_end(&mut buf)?;
     // From here on stdin is /dev/null: the pipe is gone.
     let null = std::fs::File::open("/dev/null")?;
     rustix::stdio::dup2_stdin(null.as_fd())?;
-    let key = Secret::new(key.trim());
+    parse_secrets(&buf, encrypted)
+}
+
+fn parse_secrets(buf: &[u8], encrypted: bool) -> Result<(Secret, Option<Secret>), BoxError> {
+    let (key, rest) = match buf.iter().position(|&b| b == b'\n') {
+        Some(i) => (&buf[..i], Some(&buf[i + 1..])),
+        None => (buf, None),
+    };
+    let text = |b: &[u8], what: &str| -> Result<Secret, BoxError> {
+        std::str::from_utf8(b)
+            .map(Secret::new)
+            .map_err(|_| format!("the {what} on stdin is not UTF-8").into())
+    };
+    let key = text(key, "cephx key")?;
+    let key = Secret::new(key.expose().trim());
     if key.is_empty() {
         return Err("no cephx key on stdin".into());
     }
-    Ok(key)
+    let passphrase = match (encrypted, rest) {
+        (false, None) => None,
+        (false, Some(r)) if r.iter().all(u8::is_ascii_whitespace) => None,
+        (false, Some(_)) => return Err("a passphrase on stdin, but no --encryption-format".into()),
+        (true, Some(p)) if !p.is_empty() => Some(text(p, "passphrase")?),
+        (true, _) => return Err("--encryption-format, but no passphrase on stdin".into()),
+    };
+    Ok((key, passphrase))
 }
 
 fn serve(args: Args) -> Result<(), BoxError> {
-    let key = read_key()?;
+    let (key, passphrase) = read_secrets(args.encryption_format.is_some())?;
     let spec = crate::attach::image_spec(&args.pool, &args.namespace, &args.image);
     let mut opts = ConnectOpts::new(args.mon_host.clone(), args.user.clone(), key);
     opts.conf_file = args.ceph_conf.clone();
@@ -172,6 +215,21 @@ fn serve(args: Args) -> Result<(), BoxError> {
         Err(e) if e.is_not_found() => return Err(refuse(EXIT_IMAGE_MISSING, e.to_string())),
         Err(e) => return Err(e.into()),
     };
+    // Unlock first, before the lock or the attach record: a wrong
+    // passphrase changes nothing. The passphrase is dropped (zeroed) right
+    // after; librbd keeps only the derived key, in memory.
+    if let (Some(format), Some(passphrase)) = (args.encryption_format, passphrase) {
+        match image.encryption_load(format, &passphrase) {
+            Ok(()) => tracing::info!(image = %spec, format = %format, "encryption loaded"),
+            Err(e) if e.errno() == Some(EPERM) => {
+                return Err(refuse(
+                    EXIT_WRONG_PASSPHRASE,
+                    format!("the passphrase does not open the {format} header of {spec}"),
+                ));
+            }
+            Err(e) => return Err(format!("loading the {format} encryption of {spec}: {e}").into()),
+        }
+    }
     if args.mode == OpenMode::Exclusive {
         // A live owner (one that still watches the image) will not let go:
         // fail at once instead of waiting for librbd's lock request to time
@@ -554,5 +612,49 @@ impl Filesystem for ImageFs {
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let size = self.image.size().unwrap_or(0);
         reply.statfs(size / 4096, 0, 0, 1, 0, 4096, 255, 4096);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stdin_protocol() {
+        let (k, p) = parse_secrets(b"AQkey==", false).unwrap();
+        assert_eq!((k.expose(), p.is_none()), ("AQkey==", true));
+        let (k, p) = parse_secrets(b"AQkey==\n", false).unwrap();
+        assert_eq!((k.expose(), p.is_none()), ("AQkey==", true));
+        // The passphrase is everything after the first newline, untouched.
+        let (k, p) = parse_secrets(b"AQkey==\n two\nlines \n", true).unwrap();
+        assert_eq!(k.expose(), "AQkey==");
+        assert_eq!(p.unwrap().expose(), " two\nlines \n");
+        assert!(parse_secrets(b"AQkey==", true).is_err());
+        assert!(parse_secrets(b"AQkey==\n", true).is_err());
+        assert!(parse_secrets(b"AQkey==\npw", false).is_err());
+        assert!(parse_secrets(b"\npw", true).is_err());
+        // What the plugin writes is what the server reads.
+        let key = Secret::new("AQkey==");
+        let pass = Secret::new("p\nw");
+        let target = crate::attach::Target {
+            rados_pool: "p",
+            namespace: "",
+            image: "i",
+            mon_host: "",
+            ceph_conf: None,
+            user: "u",
+            key: &key,
+            mode: OpenMode::Exclusive,
+            node_id: "n",
+            encryption: Some(crate::attach::Unlock {
+                volume: "p.v",
+                format: haina_rbd::EncryptionFormat::Luks2,
+                passphrase: &pass,
+            }),
+        };
+        let mut wire = Vec::new();
+        crate::attach::fuse::write_secrets(&mut wire, &target).unwrap();
+        let (k, p) = parse_secrets(&wire, true).unwrap();
+        assert_eq!((k.expose(), p.unwrap().expose()), ("AQkey==", "p\nw"));
     }
 }

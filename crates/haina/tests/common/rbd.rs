@@ -626,3 +626,63 @@ pub fn ctl_nodes(config: &Path, args: &[&str]) -> std::process::Output {
         .output()
         .expect("running haina ctl nodes")
 }
+
+/// [`mount_on`] with the request's secrets given (e.g. the Ceph
+/// credentials plus an encryption passphrase, or without one).
+pub async fn mount_on_with(
+    node: &Plugin,
+    id: &str,
+    cap: &csi::VolumeCapability,
+    tag: &str,
+    publish_context: HashMap<String, String>,
+    secrets: HashMap<String, String>,
+) -> Result<Mounted, tonic::Status> {
+    let mut c = node.clients().await;
+    let staging = node.path(&format!("staging-{tag}"));
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(csi::NodeStageVolumeRequest {
+            volume_id: id.into(),
+            publish_context,
+            staging_target_path: staging.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            secrets,
+            ..Default::default()
+        })
+        .await?;
+    let target = node.path(&format!("pods/{tag}/mount"));
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    c.node
+        .node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: id.into(),
+            staging_target_path: staging.to_str().unwrap().into(),
+            target_path: target.to_str().unwrap().into(),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await?;
+    Ok(Mounted {
+        id: id.into(),
+        staging,
+        target,
+        cap: cap.clone(),
+    })
+}
+
+impl Ceph {
+    /// The raw bytes of image `image` of pool `ceph`'s namespace, read
+    /// without loading any encryption: what its RADOS objects hold.
+    pub fn raw_image(&self, image: &str) -> Vec<u8> {
+        let img = self.connect().open_read_only(image).unwrap();
+        let mut buf = vec![0u8; img.size().unwrap() as usize];
+        let n = img.read_at(0, &mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    }
+
+    /// An image's metadata value (pool `ceph`'s namespace).
+    pub fn image_meta(&self, image: &str, key: &str) -> Option<String> {
+        let img = self.connect().open_read_only(image).unwrap();
+        img.metadata_get(key).unwrap()
+    }
+}

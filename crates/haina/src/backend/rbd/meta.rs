@@ -26,10 +26,12 @@
 //! | `haina.snapshot` | on snapshot images: name, source, size, time (JSON) |
 //! | `haina.deleted` | deleted by the CO, kept only as a parent of clones |
 //! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
+//! | `haina.encryption` | the image is encrypted with librbd's LUKS encryption: format and header size (JSON; never the passphrase), see [`super::crypt`] |
+//! | `haina.flattened-from` | on an incomplete encrypted restore or clone: the image it was cloned from, set before it is flattened |
 
 use std::collections::BTreeMap;
 
-use haina_rbd::Watcher;
+use haina_rbd::{EncryptionFormat, Watcher};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -50,6 +52,10 @@ pub const KEY_PUBLICATIONS: &str = "haina.publications";
 pub const KEY_SNAPSHOT: &str = "haina.snapshot";
 pub const KEY_DELETED: &str = "haina.deleted";
 pub const KEY_POOL: &str = "haina.pool";
+pub const KEY_ENCRYPTION: &str = "haina.encryption";
+/// On an incomplete encrypted restore or clone: the image it was cloned
+/// from, set just before it is flattened (removed once it is complete).
+pub const KEY_FLATTENED_FROM: &str = "haina.flattened-from";
 pub const ATTACH_PREFIX: &str = "haina.attach.";
 /// Every key haina owns starts with this.
 pub const PREFIX: &str = "haina.";
@@ -117,6 +123,33 @@ pub struct SnapRecord {
     pub created: (i64, i32),
 }
 
+/// How an encrypted image is encrypted (`haina.encryption`): the format of
+/// its LUKS header and the header's size, which the image's raw size
+/// exceeds the volume's capacity by. A clone inherits both from its parent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EncryptionRecord {
+    #[serde(with = "format_name")]
+    pub format: EncryptionFormat,
+    /// Bytes of the header at the start of the raw image.
+    pub header: u64,
+}
+
+/// `EncryptionFormat` as its name ("luks2") in JSON.
+mod format_name {
+    use haina_rbd::EncryptionFormat;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(f: &EncryptionFormat, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(f.as_str())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<EncryptionFormat, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// An image's metadata (the `haina.*` keys; others are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta(pub BTreeMap<String, String>);
@@ -154,6 +187,19 @@ impl Meta {
         self.0.contains_key(KEY_DELETED)
     }
 
+    /// The image's encryption, if it is encrypted.
+    pub fn encryption(&self, image: &str) -> Result<Option<EncryptionRecord>> {
+        self.get(KEY_ENCRYPTION)
+            .map(|v| json(image, KEY_ENCRYPTION, v))
+            .transpose()
+    }
+
+    /// The usable size of an image of `raw` bytes: less its LUKS header
+    /// if it is encrypted.
+    pub fn usable(&self, image: &str, raw: u64) -> Result<u64> {
+        Ok(raw.saturating_sub(self.encryption(image)?.map_or(0, |e| e.header)))
+    }
+
     pub fn publications(&self, image: &str) -> Result<BTreeMap<String, Publication>> {
         self.get(KEY_PUBLICATIONS)
             .map(|v| json(image, KEY_PUBLICATIONS, v))
@@ -172,12 +218,13 @@ impl Meta {
             .collect()
     }
 
-    /// The volume this (complete) image records.
-    pub fn volume(&self, id: &ObjectId, image: &str, size: u64) -> Result<Volume> {
+    /// The volume this (complete) image of `raw` bytes records (its
+    /// capacity excludes an encryption header).
+    pub fn volume(&self, id: &ObjectId, image: &str, raw: u64) -> Result<Volume> {
         Ok(Volume {
             id: id.to_string(),
             name: self.get(KEY_NAME).unwrap_or_default().to_string(),
-            capacity: size,
+            capacity: self.usable(image, raw)?,
             context: self
                 .get(KEY_CONTEXT)
                 .map(|v| json(image, KEY_CONTEXT, v))
@@ -317,6 +364,37 @@ mod tests {
         assert!(m(&[(KEY_ID, "csi-vol-b")]).is_complete("csi-vol-b"));
         assert!(!m(&[(KEY_ID, "csi-vol-b"), (KEY_DELETED, "1")]).is_complete("csi-vol-b"));
         assert!(m(&[("other.key", "1")]).0.is_empty());
+    }
+
+    #[test]
+    fn encryption_record() {
+        let m = |kv: &[(&str, &str)]| {
+            Meta::from_list(
+                kv.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )
+        };
+        let enc = m(&[(KEY_ENCRYPTION, r#"{"format":"luks2","header":16777216}"#)]);
+        assert_eq!(
+            enc.encryption("i").unwrap(),
+            Some(EncryptionRecord {
+                format: EncryptionFormat::Luks2,
+                header: 16 << 20
+            })
+        );
+        assert_eq!(enc.usable("i", 80 << 20).unwrap(), 64 << 20);
+        assert_eq!(m(&[]).usable("i", 80 << 20).unwrap(), 80 << 20);
+        let bad = m(&[(KEY_ENCRYPTION, r#"{"format":"luks3","header":1}"#)]);
+        assert!(bad.encryption("i").is_err());
+        let rec = EncryptionRecord {
+            format: EncryptionFormat::Luks1,
+            header: 4 << 20,
+        };
+        assert_eq!(
+            serde_json::to_string(&rec).unwrap(),
+            r#"{"format":"luks1","header":4194304}"#
+        );
     }
 
     #[test]
