@@ -34,6 +34,7 @@
 
 pub mod conn;
 pub mod meta;
+pub mod qos;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -448,6 +449,8 @@ impl RbdPool {
         if let Some(s) = &spec.source {
             keys.push((meta::KEY_SOURCE, to_json(s)?));
         }
+        // Exactly the requested limits: a clone's inherited ones go.
+        keys.extend(qos::meta_keys(&spec.qos));
         self.write_meta(c, &img, &keys)?;
         let meta = self.read_meta(c, &img)?;
         self.volume_of(&spec.id, image, &meta, size.max(spec.capacity))
@@ -771,9 +774,14 @@ impl Backend for RbdPool {
         let image = match self.resolve(&c, Kind::Volume, spec.id.object())? {
             Slot::Present { image, meta, size } if meta.is_complete(&image) => {
                 let v = self.volume_of(&spec.id, &image, &meta, size)?;
-                if v.name != spec.name || v.source != spec.source || v.context != spec.context {
+                if v.name != spec.name
+                    || v.source != spec.source
+                    || v.context != spec.context
+                    || v.qos != spec.qos
+                {
                     return Err(Error::AlreadyExists(format!(
-                        "volume {} already exists with a different name, source or parameters",
+                        "volume {} already exists with a different name, source, parameters \
+                         or mutable parameters",
                         spec.id
                     )));
                 }
@@ -941,6 +949,35 @@ impl Backend for RbdPool {
         let mut v = self.volume_of(id, &image, &meta, size)?;
         v.publications = pubs;
         Ok(v)
+    }
+
+    fn qos_support(&self) -> crate::qos::Support {
+        qos::support(self.name.as_str(), self.mounter)
+    }
+
+    /// Sets or removes the image's `conf_rbd_qos_*` keys (only those that
+    /// differ); every librbd client of the image, the FUSE server included,
+    /// applies them live.
+    fn set_qos(&self, id: &VolumeId, limits: crate::qos::Limits, secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let (image, meta, _) = self
+            .live(&c, Kind::Volume, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let img = self.open_rw(&c, &image)?;
+        let what = || format!("setting the QoS limits of {image}");
+        for k in crate::qos::Knob::ALL {
+            let key = qos::key(k);
+            let want = k.get(&limits);
+            let have = meta.get(key);
+            if want == 0 && have.is_some() {
+                self.ck(&c, what, img.metadata_remove(key))?;
+            } else if want != 0 && have != Some(want.to_string().as_str()) {
+                self.ck(&c, what, img.metadata_set(key, &want.to_string()))?;
+            }
+        }
+        tracing::info!(volume = %id, image, %limits, "QoS limits set");
+        Ok(())
     }
 
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64> {
@@ -1112,12 +1149,26 @@ impl Backend for RbdPool {
             }
             return Ok(a);
         }
-        let mounter = self.mounter.resolve()?;
+        let resolved = self.mounter.resolve()?;
         let c = self.conns.get(secrets)?;
         let creds = c.credentials();
         let (image, meta, _) = self
             .live(&c, Kind::Volume, id.object())?
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        // krbd cannot enforce QoS limits: never map a limited volume with it.
+        let limits = qos::from_meta(&image, &meta.0);
+        let mounter = qos::pick_mounter(
+            self.mounter,
+            resolved,
+            &limits,
+            attach::nbd::available().is_ok(),
+            attach::fuse::available().is_ok(),
+        )
+        .map_err(|why| Error::FailedPrecondition(format!("volume {id}: {why}")))?;
+        if mounter != resolved {
+            tracing::info!(volume = %id, mounter = mounter.as_str(), %limits,
+                "a volume with QoS limits is not mapped with krbd");
+        }
         let pubs: BTreeMap<String, Publication> = meta.publications(&image)?;
         let addr = self.conns.addr();
         let target = Target {

@@ -26,6 +26,7 @@
 //! | `haina.snapshot` | on snapshot images: name, source, size, time (JSON) |
 //! | `haina.deleted` | deleted by the CO, kept only as a parent of clones |
 //! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
+//! | `conf_rbd_qos_*` | the volume's QoS limits, as librbd reads them (see [`super::qos`]) |
 
 use std::collections::BTreeMap;
 
@@ -117,7 +118,8 @@ pub struct SnapRecord {
     pub created: (i64, i32),
 }
 
-/// An image's metadata (the `haina.*` keys; others are ignored).
+/// An image's metadata (the `haina.*` keys and the QoS settings; others
+/// are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta(pub BTreeMap<String, String>);
 
@@ -130,7 +132,7 @@ impl Meta {
     pub fn from_list(list: Vec<(String, String)>) -> Self {
         Self(
             list.into_iter()
-                .filter(|(k, _)| k.starts_with(PREFIX))
+                .filter(|(k, _)| k.starts_with(PREFIX) || k.starts_with(super::qos::CONF_PREFIX))
                 .collect(),
         )
     }
@@ -192,6 +194,7 @@ impl Meta {
                 .get(KEY_CREATED)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            qos: super::qos::from_meta(image, &self.0),
         })
     }
 
