@@ -465,8 +465,8 @@ async fn qos_bench_local() {
     let id = create_with(&mut c, "qos-bench", cap.clone(), &[]).await;
     let target = mount_volume(&mut c, &server, &id, &cap, "a").await;
     println!(
-        "{:<34} {:>10} {:>12} {:>7}",
-        "workload", "limit", "measured", "ratio"
+        "{:<40} {:>10} {:>12} {:>7} {:>14}",
+        "workload", "limit", "measured", "ratio", "unlimited"
     );
     for (key, limit, rw, bs, bytes) in [
         ("qosWriteIops", 200u64, "randwrite", "4k", false),
@@ -481,17 +481,23 @@ async fn qos_bench_local() {
             ("qosReadBps", "0"),
         ];
         modify(&mut c, &id, &all).await.unwrap();
+        let free = fio::run(&[Job::new(rw, bs, &target)])[0];
         modify(&mut c, &id, &[(key, &limit.to_string())])
             .await
             .unwrap();
         let r = fio::run(&[Job::new(rw, bs, &target)])[0];
-        let m = if bytes { r.bps } else { r.iops };
+        let (m, f) = if bytes {
+            (r.bps, free.bps)
+        } else {
+            (r.iops, free.iops)
+        };
         println!(
-            "{:<34} {:>10} {:>12.1} {:>6.2}x",
+            "{:<40} {:>10} {:>12.1} {:>6.2}x {:>14.1}",
             format!("local block {rw} {bs} ({key})"),
             limit,
             m,
-            m / limit as f64
+            m / limit as f64,
+            f
         );
     }
     unmount_volume(&mut c, &server, &id, "a").await;

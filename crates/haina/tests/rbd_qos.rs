@@ -442,8 +442,8 @@ async fn rbd_qos_bench() {
         .await
         .unwrap();
     println!(
-        "{:<34} {:>10} {:>12} {:>7}",
-        "workload", "limit", "measured", "ratio"
+        "{:<40} {:>10} {:>12} {:>7} {:>14}",
+        "workload", "limit", "measured", "ratio", "unlimited"
     );
     for (key, limit, rw, bs, bytes) in [
         ("qosWriteIops", 200u64, "randwrite", "4k", false),
@@ -458,18 +458,25 @@ async fn rbd_qos_bench() {
             ("qosReadBps", "0"),
         ];
         modify(&ceph, &mut c, &id, &all).await.unwrap();
+        settle().await;
+        let free = fio::run(&[Job::new(rw, bs, &m.target)])[0];
         modify(&ceph, &mut c, &id, &[(key, &limit.to_string())])
             .await
             .unwrap();
         settle().await;
         let r = fio::run(&[Job::new(rw, bs, &m.target)])[0];
-        let got = if bytes { r.bps } else { r.iops };
+        let (got, f) = if bytes {
+            (r.bps, free.bps)
+        } else {
+            (r.iops, free.iops)
+        };
         println!(
-            "{:<34} {:>10} {:>12.1} {:>6.2}x",
+            "{:<40} {:>10} {:>12.1} {:>6.2}x {:>14.1}",
             format!("rbd block {rw} {bs} ({key})"),
             limit,
             got,
-            got / limit as f64
+            got / limit as f64,
+            f
         );
     }
     unmount_on(&plugin, &m).await;
