@@ -81,6 +81,7 @@ async fn qos_local_fs_limits_hold_change_live_and_survive_restage() {
     if skip("qos_local_fs_limits_hold_change_live_and_survive_restage") {
         return;
     }
+    let mut rules = fio::RuleGuard::default();
     let mut server = Server::start().await;
     let mut c = server.clients().await;
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
@@ -94,6 +95,7 @@ async fn qos_local_fs_limits_hold_change_live_and_survive_restage() {
     let target = mount_volume(&mut c, &server, &id, &cap, "a").await;
     let dev = the_device(&server);
     let num = fio::dev_num(&dev);
+    rules.watch(&num);
     assert_eq!(fio::rules(&num), [150, 100, 0, 0], "rules of {dev} ({num})");
     let data = target.join("data");
     fio::fill(&data, 24);
@@ -155,6 +157,7 @@ async fn qos_local_fs_limits_hold_change_live_and_survive_restage() {
     let target = mount_volume(&mut c, &server, &id, &cap, "b").await;
     let dev2 = the_device(&server);
     let num2 = fio::dev_num(&dev2);
+    rules.watch(&num2);
     assert_eq!(fio::rules(&num2), [0, 0, 0, 3 << 20], "rules of {dev2}");
     let r = fio::run(&[Job::new("write", "64k", &target.join("data"))]);
     at_most(
@@ -184,6 +187,7 @@ async fn qos_local_block_limits_hold_and_change_live() {
     if skip("qos_local_block_limits_hold_and_change_live") {
         return;
     }
+    let mut rules = fio::RuleGuard::default();
     let server = Server::start().await;
     let mut c = server.clients().await;
     let cap = block_cap(Mode::SingleNodeWriter);
@@ -197,6 +201,7 @@ async fn qos_local_block_limits_hold_and_change_live() {
     let target = mount_volume(&mut c, &server, &id, &cap, "a").await;
     let dev = the_device(&server);
     let num = fio::dev_num(&dev);
+    rules.watch(&num);
     assert_eq!(fio::rules(&num), [120, 0, 0, 4 << 20]);
     let r = fio::run(&[
         Job::new("write", "64k", &target),
@@ -464,6 +469,8 @@ async fn qos_bench_local() {
     let cap = block_cap(Mode::SingleNodeWriter);
     let id = create_with(&mut c, "qos-bench", cap.clone(), &[]).await;
     let target = mount_volume(&mut c, &server, &id, &cap, "a").await;
+    let mut rules = fio::RuleGuard::default();
+    rules.watch(&fio::dev_num(&the_device(&server)));
     println!(
         "{:<40} {:>10} {:>12} {:>7} {:>14}",
         "workload", "limit", "measured", "ratio", "unlimited"

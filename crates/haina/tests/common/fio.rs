@@ -158,6 +158,41 @@ pub fn rules(devnum: &str) -> [u64; 4] {
     out
 }
 
+/// Clears the throttle rules of the devices it watches when dropped by a
+/// failing test, so a test that fails half-way leaves no rule on a loop
+/// device number that the next attach (another test's) would get. A test
+/// that passes has checked itself that none is left, and must not clear a
+/// number another test may have attached since.
+#[derive(Default)]
+pub struct RuleGuard(Vec<String>);
+
+impl RuleGuard {
+    pub fn watch(&mut self, devnum: &str) {
+        self.0.push(devnum.to_string());
+    }
+}
+
+impl Drop for RuleGuard {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for num in &self.0 {
+            for f in [
+                "read_iops_device",
+                "write_iops_device",
+                "read_bps_device",
+                "write_bps_device",
+            ] {
+                let _ = std::fs::write(
+                    format!("/sys/fs/cgroup/blkio/blkio.throttle.{f}"),
+                    format!("{num} 0\n"),
+                );
+            }
+        }
+    }
+}
+
 /// Whether this machine has the cgroup v1 blkio throttle files the local
 /// QoS tests read (they skip, saying so, where it has not).
 pub fn have_v1_blkio() -> bool {
