@@ -483,3 +483,68 @@ async fn rbd_qos_bench() {
     unpublish(&ceph, &mut c, &id, &plugin.node_id).await;
     delete(&ceph, &mut c, &id).await;
 }
+
+/// A read-only attachment (librbd opened read-only, without a watch) is
+/// limited too; it gets a ControllerModifyVolume's limits at its next stage
+/// (no header update reaches it live; docs/qos.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_qos_read_only_attachment_is_limited_and_restage_takes_new_limits() {
+    let Some(ceph) =
+        Ceph::from_env("rbd_qos_read_only_attachment_is_limited_and_restage_takes_new_limits")
+    else {
+        return;
+    };
+    let plugin = Plugin::start(&ceph, "controller,node").await;
+    let mut c = plugin.clients().await;
+    let cap = block_cap(Mode::SingleNodeReaderOnly);
+    let id = create_with(
+        &ceph,
+        &mut c,
+        &plugin.unique("qos-ro"),
+        cap.clone(),
+        &[("qosReadIops", "100")],
+    )
+    .await;
+    let ctx = c
+        .controller
+        .controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: plugin.node_id.clone(),
+            volume_capability: Some(cap.clone()),
+            readonly: true,
+            secrets: ceph.secrets(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .publish_context;
+    let m = mount_on(&ceph, &plugin, &id, &cap, "ro", ctx.clone())
+        .await
+        .unwrap();
+    let r = fio::run(&[Job::new("randread", "4k", &m.target)]);
+    at_most("rbd read-only read IOPS, limit 100", r[0].iops, 100.0);
+    modify(&ceph, &mut c, &id, &[("qosReadIops", "30")])
+        .await
+        .unwrap();
+    assert!(
+        plugin
+            .logs()
+            .contains("read-only attachments of this volume keep"),
+        "no warning about the read-only attachment"
+    );
+    unmount_on(&plugin, &m).await;
+    let m = mount_on(&ceph, &plugin, &id, &cap, "ro2", ctx)
+        .await
+        .unwrap();
+    let r = fio::run(&[Job::new("randread", "4k", &m.target)]);
+    at_most(
+        "rbd read-only read IOPS after restage, limit 30",
+        r[0].iops,
+        30.0,
+    );
+    unmount_on(&plugin, &m).await;
+    unpublish(&ceph, &mut c, &id, &plugin.node_id).await;
+    delete(&ceph, &mut c, &id).await;
+    plugin.assert_no_leaks();
+}

@@ -977,6 +977,18 @@ impl Backend for RbdPool {
             }
         }
         tracing::info!(volume = %id, image, %limits, "QoS limits set");
+        // A read-only attachment opens the image without a watch, so no
+        // header update reaches it: it keeps its limits until re-attached.
+        let read_only: Vec<String> = meta
+            .publications(&image)?
+            .into_iter()
+            .filter(|(_, p)| p.readonly || p.mode.is_read_only())
+            .map(|(n, _)| n)
+            .collect();
+        if !read_only.is_empty() {
+            tracing::warn!(volume = %id, nodes = %read_only.join(", "), %limits,
+                "read-only attachments of this volume keep their QoS limits until they are staged again");
+        }
         Ok(())
     }
 

@@ -7,8 +7,11 @@
 //! Every librbd client of the image applies them: the FUSE server (and
 //! rbd-nbd) reads them when it opens the image and again on the header
 //! update a `metadata_set` from the controller sends, so a ControllerModifyVolume
-//! takes effect on a live mount within about a second. The kernel client
-//! (krbd) has no QoS and ignores them, so:
+//! takes effect on a live mount within about a second. A read-only
+//! attachment opens the image without a watch, receives no header update,
+//! and keeps the limits it opened with until it is staged again (measured;
+//! ControllerModifyVolume logs a warning naming such nodes). The kernel
+//! client (krbd) has no QoS and ignores them, so:
 //! - a pool configured with `mounter = "krbd"` refuses the parameters
 //!   ([`support`]);
 //! - `auto` never maps a volume that has limits with krbd: it takes nbd,
