@@ -7,6 +7,8 @@
 //! kind = "local"                # image files on loop devices
 //! # path = "/srv/haina/default" # default: <data-dir>/pools/<name>
 //! # overcommit = 1.5            # promise up to 1.5 × the free space (default: never more than it has)
+//! # qos = "auto"                # auto | off: enforce the qos* mutable parameters (loop device throttling)
+//! # qos_cgroups = ["/sys/fs/cgroup/kubepods.slice"]  # cgroup v2: where io.max holds the limits
 //!
 //! [pools.ceph]
 //! kind = "rbd"
@@ -65,6 +67,27 @@ pub struct LocalConfig {
     /// than it has, so no volume loses a write because another filled it.
     #[serde(default)]
     pub overcommit: Option<f64>,
+    /// The `qos*` mutable parameters (see `qos.rs`): `auto` enforces them
+    /// with the kernel's block-layer throttling of each volume's loop device
+    /// where this node offers it (cgroup v1 blkio, or v2 `io.max` in
+    /// `qos_cgroups`); `off` refuses them. Where neither is found the pool
+    /// refuses them too, saying why.
+    #[serde(default)]
+    pub qos: QosMode,
+    /// cgroup v2 only: the cgroups whose `io.max` holds the limits (they
+    /// limit the I/O of the processes under them). Default: `kubepods.slice`
+    /// or `kubepods` under `/sys/fs/cgroup`, when they have an `io.max`.
+    #[serde(default)]
+    pub qos_cgroups: Vec<PathBuf>,
+}
+
+/// Whether a local pool enforces QoS limits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QosMode {
+    #[default]
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -221,6 +244,8 @@ impl Config {
                     path: None,
                     direct_io: true,
                     overcommit: None,
+                    qos: QosMode::Auto,
+                    qos_cgroups: Vec::new(),
                 }),
             );
         }
@@ -326,6 +351,25 @@ mod tests {
         assert!(
             matches!(c.pools.values().next(), Some(PoolConfig::Local(l)) if l.overcommit == Some(1.5))
         );
+    }
+
+    #[test]
+    fn qos_settings_of_local_pools() {
+        let local = |text: &str| match Config::parse(text).map(|c| c.pools.into_values().next()) {
+            Ok(Some(PoolConfig::Local(l))) => Ok(l),
+            Ok(_) => panic!("not a local pool"),
+            Err(e) => Err(e),
+        };
+        let l = local("[pools.a]\nkind = \"local\"\n").unwrap();
+        assert_eq!((l.qos, l.qos_cgroups.len()), (QosMode::Auto, 0));
+        let l = local(
+            "[pools.a]\nkind = \"local\"\nqos = \"off\"\nqos_cgroups = [\"/sys/fs/cgroup/k.slice\"]\n",
+        )
+        .unwrap();
+        assert_eq!(l.qos, QosMode::Off);
+        assert_eq!(l.qos_cgroups, vec![PathBuf::from("/sys/fs/cgroup/k.slice")]);
+        let e = local("[pools.a]\nkind = \"local\"\nqos = \"on\"\n").unwrap_err();
+        assert!(e.to_string().contains("on"), "{e}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::fsopts;
 use crate::ids::{ObjectId, Parsed, SnapshotId, VolumeId, echo};
 use crate::limiter::Guard;
+use crate::qos::{self, Limits};
 use crate::volume::{
     AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
     TOPOLOGY_NODE_KEY, Volume, XFS_MIN, fits_range, size_for_range, topology_matches,
@@ -29,6 +30,8 @@ pub struct Params {
     /// `encrypted: "true"`: the format of its encryption at rest (RBD pools
     /// only; see backend/rbd/crypt.rs).
     pub encryption: Option<haina_rbd::EncryptionFormat>,
+    /// QoS defaults for the volume (mutable parameters override them).
+    pub qos: qos::Update,
 }
 
 /// Keys Kubernetes' sidecars add on their own; accepted and ignored.
@@ -38,6 +41,9 @@ impl Params {
     pub fn parse(map: &BTreeMap<String, String>) -> Result<Self> {
         let mut p = Self::default();
         for (k, v) in map {
+            if p.qos.take_param("parameters", k, v)? {
+                continue;
+            }
             match k.as_str() {
                 "pool" => p.pool = Some(v.clone()),
                 "fsType" | "csi.storage.k8s.io/fstype" => {
@@ -50,7 +56,7 @@ impl Params {
                 _ => {
                     return Err(Error::InvalidArgument(format!(
                         "parameters: unknown key {} (known: pool, fsType, mkfsOptions, \
-                         mountOptions, encrypted, encryptionFormat)",
+                         mountOptions, encrypted, encryptionFormat, qos{{Read,Write}}{{Iops,Bps}})",
                         echo(k)
                     )));
                 }
@@ -203,6 +209,25 @@ pub struct CreateRequest {
     pub parameters: BTreeMap<String, String>,
     pub source: Option<ContentSource>,
     pub topology: Option<TopologyRequirement>,
+    pub mutable_parameters: BTreeMap<String, String>,
+}
+
+/// The QoS limits a request asks for: `parameters` defaults, overridden
+/// key by key by `mutable_parameters`; refused (naming the field and key)
+/// when the pool cannot enforce them.
+fn requested_limits(
+    backend: &dyn Backend,
+    params: &Params,
+    mutable: &qos::Update,
+) -> Result<Limits> {
+    let support = backend.qos_support();
+    let pool = backend.name().as_str();
+    mutable.check_supported("mutable_parameters", pool, &support)?;
+    params.qos.check_supported("parameters", pool, &support)?;
+    Ok(params
+        .qos
+        .overridden_by(mutable)
+        .apply_to(Limits::default()))
 }
 
 pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Result<Volume> {
@@ -215,6 +240,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
         ));
     }
     let params = Params::parse(&req.parameters)?;
+    let mutable = qos::Update::parse_mutable("mutable_parameters", &req.mutable_parameters)?;
     let backend = d.pool_named(params.pool.as_deref())?;
     check_request(backend.as_ref(), &req.capabilities, &params)?;
     if params.encryption.is_some() && backend.kind() != "rbd" {
@@ -227,6 +253,7 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
             backend.kind()
         )));
     }
+    let limits = requested_limits(backend.as_ref(), &params, &mutable)?;
 
     if let (Some(t), Some(ours)) = (&req.topology, backend.topology())
         && !t.requisite.is_empty()
@@ -290,6 +317,16 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
                 existing.capacity
             )));
         }
+        // The spec counts mutable parameters in: the same name with other
+        // limits is another volume (ControllerModifyVolume changes them).
+        if existing.qos != limits {
+            return Err(Error::AlreadyExists(format!(
+                "a volume named {} already exists ({id}) with different mutable parameters: it \
+                 has {}, the request asks for {limits}",
+                echo(&req.name),
+                existing.qos
+            )));
+        }
         return Ok(existing);
     }
     let spec = CreateSpec {
@@ -298,8 +335,41 @@ pub fn create_volume(d: &Driver, req: CreateRequest, secrets: &Secrets) -> Resul
         capacity,
         context,
         source: req.source,
+        qos: limits,
     };
     backend.create_volume(&spec, secrets)
+}
+
+/// ControllerModifyVolume: validates every key and value first, then
+/// changes only the limits the request names, stored with the volume and
+/// applied to it live. Idempotent; an empty map changes nothing.
+pub fn modify_volume(
+    d: &Driver,
+    raw_id: &str,
+    mutable: &BTreeMap<String, String>,
+    secrets: &Secrets,
+) -> Result<()> {
+    if raw_id.is_empty() {
+        return Err(Error::InvalidArgument("volume_id is required".into()));
+    }
+    let update = qos::Update::parse_mutable("mutable_parameters", mutable)?;
+    let id = VolumeId::parse_existing("volume_id", raw_id)?;
+    let _guard = d.limiter.volume(&id)?;
+    let (_, backend, vol) = existing_volume(d, "volume_id", raw_id, secrets)?;
+    update.check_supported(
+        "mutable_parameters",
+        backend.name().as_str(),
+        &backend.qos_support(),
+    )?;
+    if update.is_empty() {
+        return Ok(());
+    }
+    let limits = update.apply_to(vol.qos);
+    if limits != vol.qos {
+        tracing::info!(volume = %id, from = %vol.qos, to = %limits, "modifying QoS limits");
+    }
+    // Also when unchanged: a retry after a crash re-applies them live.
+    backend.set_qos(&id, limits, secrets)
 }
 
 fn source_size(d: &Driver, src: &ContentSource, secrets: &Secrets) -> Result<u64> {
@@ -501,6 +571,7 @@ pub fn validate_capabilities(
     raw_id: &str,
     caps: &[Capability],
     params: &BTreeMap<String, String>,
+    mutable: &BTreeMap<String, String>,
     secrets: &Secrets,
 ) -> Result<std::result::Result<(), String>> {
     let (_, backend, vol) = existing_volume(d, "volume_id", raw_id, secrets)?;
@@ -513,6 +584,13 @@ pub fn validate_capabilities(
         Ok(p) => p,
         Err(e) => return Ok(Err(e.to_string())),
     };
+    // Mutable parameters are confirmed only when this volume's pool would
+    // take them (valid keys and values, limits it can enforce).
+    if let Err(e) = qos::Update::parse_mutable("mutable_parameters", mutable)
+        .and_then(|m| requested_limits(backend.as_ref(), &params, &m))
+    {
+        return Ok(Err(e.to_string()));
+    }
     // The volume's own filesystem is what a capability without one gets.
     if params.fs_type.is_none()
         && let Some(f) = vol.context.get("fsType")
@@ -593,7 +671,9 @@ pub fn get_capacity(
         available: 0,
         maximum_volume_size: Some(0),
     };
-    if check_request(backend.as_ref(), caps, &p).is_err() {
+    if check_request(backend.as_ref(), caps, &p).is_err()
+        || requested_limits(backend.as_ref(), &p, &qos::Update::default()).is_err()
+    {
         return Ok(none);
     }
     if let (Some(t), Some(ours)) = (topology, backend.topology())
@@ -827,7 +907,7 @@ mod tests {
         }
         let long = "k".repeat(10_000);
         let e = Params::parse(&m(&[(long.as_str(), "v")])).unwrap_err();
-        assert!(e.to_string().len() < 200, "{e}");
+        assert!(e.to_string().len() < 300, "{e}");
     }
 
     #[test]

@@ -76,7 +76,8 @@ impl Driver {
                             l.direct_io,
                             host.clone(),
                         )?
-                        .with_overcommit(l.overcommit),
+                        .with_overcommit(l.overcommit)
+                        .with_qos(l.qos, &l.qos_cgroups),
                     )
                 }
                 PoolConfig::Rbd(r) => {

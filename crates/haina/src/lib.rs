@@ -16,6 +16,7 @@
 //! | [`volume`] | shared domain types: capabilities, records, capacity rules |
 //! | [`config`] | the pool config file |
 //! | [`fsopts`] | the allow-lists for mkfs and mount options from requests |
+//! | [`qos`] | the mutable parameters (QoS limits): parsing, merging, pool support |
 //! | [`server`] | the gRPC server on a bound listener with a shutdown future |
 //! | [`metrics`], [`health`] | Prometheus metrics, `/healthz`, and the readiness Probe answers from |
 //! | [`failpoint`] | named failure points (`HAINA_FAILPOINTS`) for crash and error-path tests |
@@ -42,6 +43,7 @@ pub mod ids;
 pub mod limiter;
 pub mod metrics;
 pub mod node;
+pub mod qos;
 pub mod server;
 pub mod state;
 pub mod volume;

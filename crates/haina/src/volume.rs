@@ -111,6 +111,9 @@ pub struct Volume {
     pub publications: BTreeMap<String, Publication>,
     /// Seconds since the epoch.
     pub created: u64,
+    /// Its QoS limits (the mutable parameters), kept with the volume.
+    #[serde(default, skip_serializing_if = "crate::qos::Limits::is_unlimited")]
+    pub qos: crate::qos::Limits,
 }
 
 /// A snapshot as the controller knows it.

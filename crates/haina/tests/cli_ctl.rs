@@ -306,7 +306,14 @@ async fn ctl_drives_the_whole_lifecycle() {
         3,
         "INVALID_ARGUMENT",
     );
-    fails(ctl(&server, &["modify-volume", &id]), 12, "UNIMPLEMENTED");
+    fails(
+        ctl(
+            &server,
+            &["modify-volume", &id, "--mutable-param", "bogus=1"],
+        ),
+        3,
+        "INVALID_ARGUMENT",
+    );
     // DeleteVolume of a volume still published: FAILED_PRECONDITION.
     fails(
         ctl(&server, &["delete-volume", &id]),

@@ -32,6 +32,7 @@ use crate::host::{FileKind, Host, HostError, HostResult};
 use crate::loopdev::{AttachOptions, LoopDevice, LoopError};
 use crate::mountinfo::{MountEntry, MountTable};
 use crate::superblock::Superblock;
+use crate::throttle::{DevNum, IoLimits, Throttle};
 
 /// One call into the host, with its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +84,8 @@ pub enum Call {
     LoopDetach(PathBuf),
     LoopRefresh(u32),
     LoopAutoclear(u32),
+    ThrottleGet(DevNum),
+    ThrottleSet(DevNum, IoLimits),
 }
 
 impl Call {
@@ -100,6 +103,7 @@ impl Call {
                 | Call::Superblock(_)
                 | Call::NewUuid
                 | Call::Loops
+                | Call::ThrottleGet(_)
         )
     }
 
@@ -159,6 +163,8 @@ impl Call {
             Call::LoopDetach(_) => "losetup -d",
             Call::LoopRefresh(_) => "LOOP_SET_CAPACITY",
             Call::LoopAutoclear(_) => "LOOP_SET_STATUS64",
+            Call::ThrottleGet(_) => "read I/O limits",
+            Call::ThrottleSet(..) => "set I/O limits",
         }
     }
 }
@@ -245,6 +251,9 @@ struct State {
     disks: HashMap<PathBuf, Disk>,
     frozen: Vec<PathBuf>,
     uuids: u32,
+    /// Block-layer I/O rules by device (the kernel keeps them across a
+    /// detach: a loop device keeps its number).
+    throttles: BTreeMap<DevNum, IoLimits>,
 }
 
 /// The in-memory kernel. See the module doc.
@@ -291,6 +300,7 @@ impl FakeHost {
                 disks: HashMap::new(),
                 frozen: Vec::new(),
                 uuids: 0,
+                throttles: BTreeMap::new(),
             }),
         }
     }
@@ -417,6 +427,16 @@ impl FakeHost {
     /// Whether something exists at `path` (no symlink resolution).
     pub fn exists(&self, path: impl AsRef<Path>) -> bool {
         self.lock().nodes.contains_key(path.as_ref())
+    }
+
+    /// The I/O rules the kernel holds now, by device (unlimited ones left out).
+    pub fn throttles(&self) -> BTreeMap<DevNum, IoLimits> {
+        self.lock().throttles.clone()
+    }
+
+    /// A rule someone left behind (e.g. a crash between attach and clear).
+    pub fn set_throttle(&self, dev: DevNum, limits: IoLimits) {
+        self.lock().throttles.insert(dev, limits);
     }
 
     pub fn is_frozen(&self, mount_point: impl AsRef<Path>) -> bool {
@@ -1070,6 +1090,27 @@ impl Host for FakeHost {
         self.run(Call::LoopRefresh(dev.index), |s| {
             let l = s.loops.get(&dev.index).ok_or(Errno::NXIO)?;
             Ok(s.disk(&l.backing).size)
+        })
+    }
+
+    fn throttle_get(&self, target: &Throttle, dev: DevNum) -> HostResult<Vec<IoLimits>> {
+        let n = match target {
+            Throttle::V1(_) => 1,
+            Throttle::V2(dirs) => dirs.len(),
+        };
+        self.run(Call::ThrottleGet(dev), |s| {
+            Ok(vec![s.throttles.get(&dev).copied().unwrap_or_default(); n])
+        })
+    }
+
+    fn throttle_set(&self, _target: &Throttle, dev: DevNum, limits: &IoLimits) -> HostResult<()> {
+        self.run(Call::ThrottleSet(dev, *limits), |s| {
+            if limits.is_unlimited() {
+                s.throttles.remove(&dev);
+            } else {
+                s.throttles.insert(dev, *limits);
+            }
+            Ok(())
         })
     }
 }

@@ -10,6 +10,9 @@
 //!   that can stall on a hung data path (see [`crate::deadline`]) in one
 //!   place, instead of at a hundred call sites.
 //!
+//! Block-layer I/O limits (cgroup files, [`crate::throttle`]) go through it
+//! too: they are written on RPC paths (NodeStage, ControllerModifyVolume).
+//!
 //! Paths handed in are already validated and normalised by the caller.
 //! Calls that only read sysfs (`identify`, `loops`) never block and carry
 //! no deadline.
@@ -29,6 +32,7 @@ use crate::loopdev::{self, AttachOptions, LoopDevice, LoopError};
 use crate::mount::{self, MountError};
 use crate::mountinfo::{MountInfoError, MountTable};
 use crate::superblock::{self, Superblock};
+use crate::throttle::{self, DevNum, IoLimits, Throttle, ThrottleError};
 
 /// Why a host call failed. Every variant names what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +57,8 @@ pub enum HostError {
     Exec(#[from] ExecError),
     #[error(transparent)]
     MountInfo(#[from] MountInfoError),
+    #[error(transparent)]
+    Throttle(#[from] ThrottleError),
 }
 
 impl HostError {
@@ -156,6 +162,13 @@ pub trait Host: Send + Sync {
     fn loop_refresh(&self, dev: &LoopDevice) -> HostResult<u64>;
     /// Makes a device detach itself on its last close (once mounted).
     fn loop_autoclear(&self, dev: &LoopDevice) -> HostResult<()>;
+
+    // ---- block-layer I/O limits (see [`crate::throttle`])
+    /// The limits `target` holds for device `dev`, one entry per cgroup
+    /// (all zero where there is no rule).
+    fn throttle_get(&self, target: &Throttle, dev: DevNum) -> HostResult<Vec<IoLimits>>;
+    /// Sets the limits of `dev` at `target`; all zero removes the rules.
+    fn throttle_set(&self, target: &Throttle, dev: DevNum, limits: &IoLimits) -> HostResult<()>;
 }
 
 pub type SharedHost = Arc<dyn Host>;
@@ -458,6 +471,24 @@ impl Host for RealHost {
             format!("autoclear {}", d.path().display()),
             Deadline::Quick,
             move || Ok(loopdev::set_autoclear(&d)?),
+        )
+    }
+
+    fn throttle_get(&self, target: &Throttle, dev: DevNum) -> HostResult<Vec<IoLimits>> {
+        let t = target.clone();
+        timed(
+            format!("read the I/O limits of {dev} ({t})"),
+            Deadline::Quick,
+            move || Ok(throttle::read(&t, dev)?),
+        )
+    }
+
+    fn throttle_set(&self, target: &Throttle, dev: DevNum, limits: &IoLimits) -> HostResult<()> {
+        let (t, l) = (target.clone(), *limits);
+        timed(
+            format!("set the I/O limits of {dev} ({t})"),
+            Deadline::Quick,
+            move || Ok(throttle::write(&t, dev, &l)?),
         )
     }
 }

@@ -12,6 +12,7 @@
 //! - [`mount`]: `mount(2)`/`umount2(2)` wrappers and mount-option parsing.
 //! - [`fs`]: probe (blkid), mkfs, grow, statvfs, freeze/thaw, device size.
 //! - [`superblock`]: an ext4/xfs superblock's size, UUID and "pristine" state.
+//! - [`throttle`]: block-layer I/O limits of a device (cgroup v1 blkio, v2 io.max).
 //! - [`host`]: the [`host::Host`] trait every node operation goes through,
 //!   and [`host::RealHost`], the kernel with a deadline on every call.
 //! - [`fake`]: [`fake::FakeHost`], an in-memory kernel for unit tests that
@@ -28,6 +29,7 @@ pub mod loopdev;
 pub mod mount;
 pub mod mountinfo;
 pub mod superblock;
+pub mod throttle;
 
 pub use rustix::io::Errno;
 pub use rustix::mount::MountFlags;

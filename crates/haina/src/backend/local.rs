@@ -33,7 +33,12 @@
 //!
 //! Attachments are found from the kernel (`/sys/block/loop*/loop/backing_file`),
 //! never from a record, so a restarted node plugin re-adopts its loop devices.
+//!
+//! QoS: a volume's limits (the `qos*` mutable parameters) are in its record
+//! and become block-layer throttle rules on its loop device when it is
+//! attached, which are removed again before it is detached; see [`qos`].
 
+mod qos;
 mod space;
 
 use std::collections::BTreeMap;
@@ -70,6 +75,8 @@ pub struct LocalPool {
     overcommit: f64,
     /// Space promised to creates, snapshots and expansions in flight.
     ledger: Mutex<Ledger>,
+    /// Where the QoS rules of loop devices go, or why this node has none.
+    throttle: std::result::Result<haina_sys::throttle::Throttle, String>,
 }
 
 /// The pool's promises in flight.
@@ -233,6 +240,7 @@ impl LocalPool {
             shared_aware,
             overcommit: 1.0,
             ledger: Mutex::new(Ledger::default()),
+            throttle: Err("QoS is not configured for this pool".into()),
         })
     }
 
@@ -599,11 +607,27 @@ impl Backend for LocalPool {
         BTreeMap::from([("copyMethod".to_string(), self.copy.as_str().to_string())])
     }
 
+    fn qos_support(&self) -> crate::qos::Support {
+        self.support()
+    }
+
+    fn set_qos(&self, id: &VolumeId, limits: crate::qos::Limits, _secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        self.store_qos(id, limits)
+    }
+
     fn describe(&self) -> Vec<(String, String)> {
         vec![
             ("path".into(), self.root.display().to_string()),
             ("copyMethod".into(), self.copy.as_str().into()),
             ("directIO".into(), self.direct_io.to_string()),
+            (
+                "qos".into(),
+                match &self.throttle {
+                    Ok(t) => t.to_string(),
+                    Err(why) => format!("not enforced: {why}"),
+                },
+            ),
         ]
     }
 
@@ -639,6 +663,7 @@ impl Backend for LocalPool {
             source: spec.source.clone(),
             publications: BTreeMap::new(),
             created: crate::volume::now_unix().0 as u64,
+            qos: spec.qos,
         };
         self.commit_record(&self.volume_record(&spec.id), &image, &volume)?;
         Ok(volume)
@@ -849,13 +874,25 @@ impl Backend for LocalPool {
         self.list_records("snapshots")
     }
 
+    /// Attaches (or finds) the loop device and gives it the volume's QoS
+    /// limits before anyone can use it; a device this call attached is
+    /// detached again if that fails.
     fn attach(&self, id: &VolumeId, _secrets: &Secrets) -> Result<Attachment> {
         self.own(id)?;
         let image = self.volume_image(id);
-        if !image.exists() || self.get_volume(id, &Secrets::default())?.is_none() {
-            return Err(Error::NotFound(format!(
-                "volume {id} does not exist in pool {}",
-                self.name
+        let vol = match self.get_volume(id, &Secrets::default())? {
+            Some(v) if image.exists() => v,
+            _ => {
+                return Err(Error::NotFound(format!(
+                    "volume {id} does not exist in pool {}",
+                    self.name
+                )));
+            }
+        };
+        if let (false, crate::qos::Support::No(why)) = (vol.qos.is_unlimited(), self.support()) {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id} has QoS limits ({}) but {why}; it is not attached without them",
+                vol.qos
             )));
         }
         let opts = AttachOptions {
@@ -866,6 +903,15 @@ impl Backend for LocalPool {
             .host
             .loop_attach(&image, &opts)
             .map_err(|e| attach_error(&image, e))?;
+        if let Err(e) = self.apply_qos(id, &dev, vol.qos) {
+            if newly_attached && let Err(undo) = self.detach(id) {
+                return Err(e.context(format!(
+                    "(and detaching {} failed: {undo})",
+                    dev.path().display()
+                )));
+            }
+            return Err(e);
+        }
         Ok(Attachment {
             device: dev.path(),
             mounter: "loop",
@@ -908,9 +954,17 @@ impl Backend for LocalPool {
         })
     }
 
+    fn release(&self, id: &VolumeId) -> Result<()> {
+        self.own(id)?;
+        self.clear_qos(id, &self.volume_image(id))
+    }
+
+    /// Removes the devices' QoS rules first: a detached loop device number
+    /// is free for the next image, which must not inherit them.
     fn detach(&self, id: &VolumeId) -> Result<()> {
         self.own(id)?;
         let image = self.volume_image(id);
+        self.clear_qos(id, &image)?;
         self.host.loop_detach(&image)?;
         Ok(())
     }
@@ -989,6 +1043,7 @@ mod tests {
             capacity: MIB,
             context: BTreeMap::new(),
             source: None,
+            qos: Default::default(),
         };
         pool.create_volume(&spec, &Secrets::default()).unwrap();
         let pubs = pool.root().join("publications/v1");
@@ -1061,6 +1116,7 @@ mod tests {
             capacity: crate::volume::MAX_CAPACITY,
             context: BTreeMap::new(),
             source: None,
+            qos: Default::default(),
         };
         let e = pool.create_volume(&spec, &Secrets::default()).unwrap_err();
         assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use crate::error::Result;
 use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::qos::{Limits, Support};
 use crate::volume::{
     Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot, Volume,
 };
@@ -30,6 +31,8 @@ pub struct CreateSpec {
     pub capacity: u64,
     pub context: std::collections::BTreeMap<String, String>,
     pub source: Option<ContentSource>,
+    /// Its QoS limits (mutable parameters), stored with it at create.
+    pub qos: Limits,
 }
 
 /// A volume attached to this node as a block device.
@@ -91,6 +94,21 @@ pub trait Backend: Send + Sync {
     }
     /// Grows the volume to `size` bytes; returns the new size.
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64>;
+    /// Whether this pool enforces the QoS mutable parameters ([`crate::qos`]);
+    /// if not, why (it then refuses them with INVALID_ARGUMENT).
+    fn qos_support(&self) -> Support {
+        Support::No(format!("{} pools do not enforce QoS limits", self.kind()))
+    }
+    /// Stores the volume's QoS limits with it and applies them to its live
+    /// attachments (ControllerModifyVolume). Idempotent; NOT_FOUND for a
+    /// volume that does not exist. Called only when [`Backend::qos_support`]
+    /// says yes.
+    fn set_qos(&self, id: &VolumeId, _limits: Limits, _secrets: &Secrets) -> Result<()> {
+        Err(crate::error::Error::Unimplemented(format!(
+            "pool {} cannot change the QoS limits of volume {id}",
+            self.name()
+        )))
+    }
     fn create_snapshot(
         &self,
         id: &SnapshotId,
@@ -128,6 +146,15 @@ pub trait Backend: Send + Sync {
     /// path is reported, never waited on.
     fn data_path_health(&self, _id: &VolumeId, _att: &Attachment) -> Option<String> {
         None
+    }
+    /// Called by unstage right before the volume's mounts on this node are
+    /// taken down: drops per-device state that must not outlive the
+    /// attachment — a loop device's I/O limits, which the kernel keeps per
+    /// device number while numbers are reused (and a filesystem volume's
+    /// loop device detaches itself with its last mount, before `detach`
+    /// could find it). Idempotent; `attach` restores what it dropped.
+    fn release(&self, _id: &VolumeId) -> Result<()> {
+        Ok(())
     }
     /// Tears down an attachment whose data path is dead or stalled, without
     /// waiting on it (e.g. aborting a FUSE connection so that stuck I/O

@@ -40,6 +40,7 @@ pub mod conn;
 pub mod crypt;
 pub mod meta;
 pub mod nodes;
+pub mod qos;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -502,6 +503,8 @@ impl RbdPool {
         if let Some(e) = &encryption {
             keys.push((meta::KEY_ENCRYPTION, to_json(e)?));
         }
+        // Exactly the requested limits: a clone's inherited ones go.
+        keys.extend(qos::meta_keys(&spec.qos));
         self.write_meta(c, &img, &keys)?;
         let meta = self.read_meta(c, &img)?;
         self.volume_of(&spec.id, image, &meta, size.max(raw))
@@ -863,9 +866,14 @@ impl Backend for RbdPool {
         let image = match self.resolve(&c, Kind::Volume, spec.id.object())? {
             Slot::Present { image, meta, size } if meta.is_complete(&image) => {
                 let v = self.volume_of(&spec.id, &image, &meta, size)?;
-                if v.name != spec.name || v.source != spec.source || v.context != spec.context {
+                if v.name != spec.name
+                    || v.source != spec.source
+                    || v.context != spec.context
+                    || v.qos != spec.qos
+                {
                     return Err(Error::AlreadyExists(format!(
-                        "volume {} already exists with a different name, source or parameters",
+                        "volume {} already exists with a different name, source, parameters \
+                         or mutable parameters",
                         spec.id
                     )));
                 }
@@ -1059,6 +1067,47 @@ impl Backend for RbdPool {
             now_secs(),
             self.registry.stale_after.as_secs(),
         )
+    }
+
+    fn qos_support(&self) -> crate::qos::Support {
+        qos::support(self.name.as_str(), self.mounter)
+    }
+
+    /// Sets or removes the image's `conf_rbd_qos_*` keys (only those that
+    /// differ); every librbd client of the image, the FUSE server included,
+    /// applies them live.
+    fn set_qos(&self, id: &VolumeId, limits: crate::qos::Limits, secrets: &Secrets) -> Result<()> {
+        self.own(id)?;
+        let c = self.conns.get(secrets)?;
+        let (image, meta, _) = self
+            .live(&c, Kind::Volume, id.object())?
+            .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
+        let img = self.open_rw(&c, &image)?;
+        let what = || format!("setting the QoS limits of {image}");
+        for k in crate::qos::Knob::ALL {
+            let key = qos::key(k);
+            let want = k.get(&limits);
+            let have = meta.get(key);
+            if want == 0 && have.is_some() {
+                self.ck(&c, what, img.metadata_remove(key))?;
+            } else if want != 0 && have != Some(want.to_string().as_str()) {
+                self.ck(&c, what, img.metadata_set(key, &want.to_string()))?;
+            }
+        }
+        tracing::info!(volume = %id, image, %limits, "QoS limits set");
+        // A read-only attachment opens the image without a watch, so no
+        // header update reaches it: it keeps its limits until re-attached.
+        let read_only: Vec<String> = meta
+            .publications(&image)?
+            .into_iter()
+            .filter(|(_, p)| p.readonly || p.mode.is_read_only())
+            .map(|(n, _)| n)
+            .collect();
+        if !read_only.is_empty() {
+            tracing::warn!(volume = %id, nodes = %read_only.join(", "), %limits,
+                "read-only attachments of this volume keep their QoS limits until they are staged again");
+        }
+        Ok(())
     }
 
     fn expand_volume(&self, id: &VolumeId, size: u64, secrets: &Secrets) -> Result<u64> {
@@ -1267,10 +1316,24 @@ impl Backend for RbdPool {
             .ok_or_else(|| Error::NotFound(format!("volume {id} does not exist")))?;
         let volume = id.to_string();
         let unlock = crypt::for_attach(&volume, meta.encryption(&image)?, secrets)?;
-        let mounter = self
+        let resolved = self
             .mounter
             .resolve_for(unlock.is_some())
             .map_err(|e| Error::from(e).context(format!("volume {id}")))?;
+        // krbd cannot enforce QoS limits: never map a limited volume with it.
+        let limits = qos::from_meta(&image, &meta.0);
+        let mounter = qos::pick_mounter(
+            self.mounter,
+            resolved,
+            &limits,
+            attach::nbd::available().is_ok(),
+            attach::fuse::available().is_ok(),
+        )
+        .map_err(|why| Error::FailedPrecondition(format!("volume {id}: {why}")))?;
+        if mounter != resolved {
+            tracing::info!(volume = %id, mounter = mounter.as_str(), %limits,
+                "a volume with QoS limits is not mapped with krbd");
+        }
         let pubs: BTreeMap<String, Publication> = meta.publications(&image)?;
         let addr = self.conns.addr();
         let target = Target {

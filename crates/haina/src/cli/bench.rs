@@ -614,6 +614,7 @@ fn capacity(counts: &[usize], work_dir: &Path) -> Result<(), BoxError> {
                     capacity: 1 << 20,
                     context: Default::default(),
                     source: None,
+                    qos: Default::default(),
                 };
                 let t = Instant::now();
                 pool.create_volume(&spec, &Secrets::default())?;

@@ -36,6 +36,7 @@ const CAPABILITIES: &[Rpc] = &[
     Rpc::VolumeCondition,
     Rpc::GetVolume,
     Rpc::SingleNodeMultiWriter,
+    Rpc::ModifyVolume,
 ];
 
 #[tonic::async_trait]
@@ -76,6 +77,7 @@ impl Controller for ControllerService {
                 parameters: sorted(r.parameters),
                 source,
                 topology,
+                mutable_parameters: sorted(r.mutable_parameters),
             };
             let v = ops::create_volume(&d, req, &secrets(r.secrets))?;
             let topo = d
@@ -160,12 +162,14 @@ impl Controller for ControllerService {
         run("ValidateVolumeCapabilities", &id, move || {
             let caps = capabilities("volume_capabilities", &r.volume_capabilities)?;
             let params = sorted(r.parameters.clone());
+            let mutable = sorted(r.mutable_parameters.clone());
             Ok(
                 match ops::validate_capabilities(
                     &d,
                     &r.volume_id,
                     &caps,
                     &params,
+                    &mutable,
                     &secrets(r.secrets.clone()),
                 )? {
                     Ok(()) => csi::ValidateVolumeCapabilitiesResponse {
@@ -416,10 +420,20 @@ impl Controller for ControllerService {
 
     async fn controller_modify_volume(
         &self,
-        _: Request<csi::ControllerModifyVolumeRequest>,
+        req: Request<csi::ControllerModifyVolumeRequest>,
     ) -> R<csi::ControllerModifyVolumeResponse> {
-        Err(Status::unimplemented(
-            "ControllerModifyVolume is not supported: haina has no mutable parameters",
-        ))
+        let r = req.into_inner();
+        let d = self.driver.clone();
+        let id = r.volume_id.clone();
+        run("ControllerModifyVolume", &id, move || {
+            ops::modify_volume(
+                &d,
+                &r.volume_id,
+                &sorted(r.mutable_parameters),
+                &secrets(r.secrets),
+            )?;
+            Ok(csi::ControllerModifyVolumeResponse {})
+        })
+        .await
     }
 }

@@ -274,11 +274,13 @@ fn stage_fs(
     let id = req.volume_id;
     match decide::stage_fs(&view, staging) {
         StageFs::Done(held) => {
-            // Already staged: look at the attachment, never make a second one.
-            let att = match backend.attachment(id)? {
-                Some(att) => att,
-                None => backend.attach(id, secrets)?,
-            };
+            // Already staged: look at the attachment (never make a second
+            // one over a deleted image), then re-adopt it, which restores
+            // per-device state a failed unstage may have released.
+            if let Some(att) = backend.attachment(id)? {
+                check_data_path(backend, id, &att)?;
+            }
+            let att = backend.attach(id, secrets)?;
             check_data_path(backend, id, &att)?;
             if held.fs_errors {
                 return Err(Error::FailedPrecondition(format!(
@@ -571,6 +573,11 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
     };
     if let Some(why) = &dead {
         tracing::warn!(volume = %id, why, "unstaging a volume whose data path is broken");
+    }
+    if !mounts.is_empty() {
+        // Per-device state goes while the device still exists (a loop
+        // device leaves with its last mount).
+        backend.release(id)?;
     }
     let mut plan = Plan::new();
     for m in &mounts {

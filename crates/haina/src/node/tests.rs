@@ -55,6 +55,7 @@ impl Node {
             capacity: 64 << 20,
             context: BTreeMap::new(),
             source: None,
+            qos: Default::default(),
         };
         self.backend()
             .create_volume(&spec, &Secrets::default())

@@ -28,6 +28,7 @@
 //! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
 //! | `haina.encryption` | the image is encrypted with librbd's LUKS encryption: format and header size (JSON; never the passphrase), see [`super::crypt`] |
 //! | `haina.flattened-from` | on an incomplete encrypted restore or clone: the image it was cloned from, set before it is flattened |
+//! | `conf_rbd_qos_*` | the volume's QoS limits, as librbd reads them (see [`super::qos`]) |
 
 use std::collections::BTreeMap;
 
@@ -150,7 +151,8 @@ mod format_name {
     }
 }
 
-/// An image's metadata (the `haina.*` keys; others are ignored).
+/// An image's metadata (the `haina.*` keys and the QoS settings; others
+/// are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta(pub BTreeMap<String, String>);
 
@@ -163,7 +165,7 @@ impl Meta {
     pub fn from_list(list: Vec<(String, String)>) -> Self {
         Self(
             list.into_iter()
-                .filter(|(k, _)| k.starts_with(PREFIX))
+                .filter(|(k, _)| k.starts_with(PREFIX) || k.starts_with(super::qos::CONF_PREFIX))
                 .collect(),
         )
     }
@@ -239,6 +241,7 @@ impl Meta {
                 .get(KEY_CREATED)
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0),
+            qos: super::qos::from_meta(image, &self.0),
         })
     }
 
