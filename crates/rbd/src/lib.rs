@@ -23,12 +23,14 @@
 mod cluster;
 mod error;
 mod ffi;
+mod group;
 mod image;
 mod ioctx;
 mod secret;
 
 pub use cluster::{Cluster, ConnectOpts, LibraryVersions, PoolStats, library_versions};
 pub use error::{Error, LibraryError, Result, errno_name};
+pub use group::{EROFS, GroupSnap, SnapNamespace};
 pub use image::{Image, ImageStat, LockMode, LockOwners, ParentInfo, SnapInfo, Watcher};
 pub use ioctx::{CreateOptions, Features, ImageSpec, IoCtx};
 pub use secret::Secret;
