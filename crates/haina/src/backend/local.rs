@@ -822,6 +822,7 @@ impl Backend for LocalPool {
             size: vol.capacity,
             created: crate::volume::now_unix(),
             ready: true,
+            group_snapshot_id: None,
         };
         self.commit_record(&self.snapshot_record(id), &image, &snap)?;
         Ok(snap)

@@ -1048,16 +1048,10 @@ impl Backend for RbdPool {
             source_volume_id: source.to_string(),
             size,
             created: crate::volume::now_unix(),
+            group_snapshot_id: None,
         };
         self.write_meta(&c, &img, &[(meta::KEY_SNAPSHOT, to_json(&record)?)])?;
-        Ok(Snapshot {
-            id: id.to_string(),
-            name: record.name,
-            source_volume_id: record.source_volume_id,
-            size,
-            created: record.created,
-            ready: true,
-        })
+        Ok(record.snapshot(id))
     }
 
     fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()> {

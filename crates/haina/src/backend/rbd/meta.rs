@@ -115,6 +115,24 @@ pub struct SnapRecord {
     pub source_volume_id: String,
     pub size: u64,
     pub created: (i64, i32),
+    /// Set on the members of a group snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot_id: Option<String>,
+}
+
+impl SnapRecord {
+    /// The snapshot `id` this record describes.
+    pub fn snapshot(self, id: &ObjectId) -> Snapshot {
+        Snapshot {
+            id: id.to_string(),
+            name: self.name,
+            source_volume_id: self.source_volume_id,
+            size: self.size,
+            created: self.created,
+            ready: true,
+            group_snapshot_id: self.group_snapshot_id,
+        }
+    }
 }
 
 /// An image's metadata (the `haina.*` keys; others are ignored).
@@ -201,14 +219,7 @@ impl Meta {
             return Ok(None);
         };
         let r: SnapRecord = json(image, KEY_SNAPSHOT, v)?;
-        Ok(Some(Snapshot {
-            id: id.to_string(),
-            name: r.name,
-            source_volume_id: r.source_volume_id,
-            size: r.size,
-            created: r.created,
-            ready: true,
-        }))
+        Ok(Some(r.snapshot(id)))
     }
 }
 
