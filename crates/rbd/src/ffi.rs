@@ -323,6 +323,7 @@ fn_table! {
         // Groups (consistency groups and their snapshots).
         fn rbd_group_create(io: RadosIoctxT, name: *const c_char) -> c_int;
         fn rbd_group_remove(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_group_list(io: RadosIoctxT, names: *mut c_char, size: *mut usize) -> c_int;
         fn rbd_group_image_add(group_io: RadosIoctxT, group_name: *const c_char, image_io: RadosIoctxT, image_name: *const c_char) -> c_int;
         fn rbd_group_image_remove(group_io: RadosIoctxT, group_name: *const c_char, image_io: RadosIoctxT, image_name: *const c_char) -> c_int;
         fn rbd_group_image_list(group_io: RadosIoctxT, group_name: *const c_char, images: *mut RbdGroupImageInfo, info_size: usize, num_entries: *mut usize) -> c_int;

@@ -82,6 +82,33 @@ impl IoCtx {
         }
     }
 
+    /// Names of the groups in this context's pool and namespace.
+    pub fn group_list(&self) -> Result<Vec<String>> {
+        const OP: &str = "rbd_group_list";
+        let mut cap = 1024usize;
+        loop {
+            // Never NULL: librbd refuses a NULL buffer even for no groups.
+            let mut buf = vec![0u8; cap];
+            let mut n = cap;
+            // SAFETY: a buffer of `n` bytes.
+            let rc = unsafe {
+                (self.api().rbd.rbd_group_list)(self.handle(), buf.as_mut_ptr().cast(), &mut n)
+            };
+            if rc == -ERANGE {
+                cap = n.max(cap * 2);
+                continue;
+            }
+            let used = usize::try_from(check(rc, OP, || format!("pool {}", self.pool()))?)
+                .unwrap_or(0)
+                .min(buf.len());
+            return Ok(buf[..used]
+                .split(|&b| b == 0)
+                .filter(|s| !s.is_empty())
+                .map(|s| String::from_utf8_lossy(s).into_owned())
+                .collect());
+        }
+    }
+
     /// Adds the image `image` (of this pool and namespace) to `group`.
     pub fn group_image_add(&self, group: &str, image: &str) -> Result<()> {
         self.group_image_op("rbd_group_image_add", group, image, true)

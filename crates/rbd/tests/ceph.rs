@@ -493,6 +493,7 @@ fn group_snapshots_are_atomic_readable_and_refused_by_an_explicit_lock_holder() 
     let group = unique("grp");
     io.group_create(&group).unwrap();
     assert!(io.group_create(&group).unwrap_err().is_already_exists());
+    assert!(io.group_list().unwrap().contains(&group));
     io.group_image_add(&group, &a).unwrap();
     io.group_image_add(&group, &b).unwrap();
     let mut members = io.group_image_list(&group).unwrap();
@@ -564,6 +565,7 @@ fn group_snapshots_are_atomic_readable_and_refused_by_an_explicit_lock_holder() 
     assert_eq!(io.group_image_list(&group).unwrap(), vec![a.clone()]);
     io.group_remove(&group).unwrap();
     io.group_remove(&group).unwrap();
+    assert!(!io.group_list().unwrap().contains(&group));
     // librbd 16 lists a missing group as empty.
     assert!(io.group_snap_list(&group).unwrap().is_empty());
     assert!(io.group_image_list(&group).unwrap().is_empty());
