@@ -682,7 +682,10 @@ async fn a_group_snapshot_reserves_every_member_or_nothing() {
             .await,
         Code::ResourceExhausted,
     );
-    assert!(m.contains("group snapshot") && m.contains("2 volumes"), "{m}");
+    assert!(
+        m.contains("group snapshot") && m.contains("2 volumes"),
+        "{m}"
+    );
     assert!(free > 100 << 20, "the copies would fit: {free} bytes free");
     assert!(group_files(&pool).is_empty(), "{:?}", group_files(&pool));
     assert!(scratch.free() + (1 << 20) >= free);

@@ -26,6 +26,9 @@
 //! | `haina.snapshot` | on snapshot images: name, source, size, time (JSON) |
 //! | `haina.deleted` | deleted by the CO, kept only as a parent of clones |
 //! | `haina.pool` | the haina pool that made the image: another pool never lists, deletes, clones or attaches it |
+//! | `haina.group` | on a group snapshot's record image `csi-group-<object>`: name, members, point in time (JSON) |
+//! | `haina.point` | on a group member's snapshot image: the RBD group snapshot it was made from |
+//! | `haina.patched` | on a group member being made: the group snapshot whose data it was brought to |
 
 use std::collections::BTreeMap;
 
@@ -38,6 +41,9 @@ use crate::volume::{ContentSource, Publication, Snapshot, Volume};
 
 pub const VOLUME_PREFIX: &str = "csi-vol-";
 pub const SNAPSHOT_PREFIX: &str = "csi-snap-";
+/// A group snapshot's record image, its RBD group, and the user snapshots
+/// it takes of its sources are all named `csi-group-<object>`.
+pub const GROUP_PREFIX: &str = "csi-group-";
 /// The RBD snapshot of a snapshot image that restores clone from.
 pub const RESTORE_SNAP: &str = "haina-restore";
 
@@ -50,6 +56,9 @@ pub const KEY_PUBLICATIONS: &str = "haina.publications";
 pub const KEY_SNAPSHOT: &str = "haina.snapshot";
 pub const KEY_DELETED: &str = "haina.deleted";
 pub const KEY_POOL: &str = "haina.pool";
+pub const KEY_GROUP: &str = "haina.group";
+pub const KEY_POINT: &str = "haina.point";
+pub const KEY_PATCHED: &str = "haina.patched";
 pub const ATTACH_PREFIX: &str = "haina.attach.";
 /// Every key haina owns starts with this.
 pub const PREFIX: &str = "haina.";
