@@ -357,7 +357,9 @@ mod tests {
             ObjectId::parse("id", &m.to_string()),
             Ok(Parsed::Ours(_))
         ));
-        // The same text without the NUL is an ordinary (hashed) name.
+        // The hashed text itself is no valid name (create refuses a NUL)...
+        assert!(crate::group::check_name("name", "\0group\0g\0default.v1").is_err());
+        // ...and the same text without the NULs is an ordinary (hashed) name.
         assert_ne!(m, ObjectId::for_name(&pool, "group\0g\0default.v1"));
         assert_ne!(m, ObjectId::for_name(&pool, "groupgdefault.v1"));
     }
