@@ -279,8 +279,16 @@ impl RbdPool {
         if !resume {
             self.write_journal(&c, &name, &record)?;
         }
-        let result = self.make_group(&c, spec, &name, resume, secrets);
-        let (point, members) = match result {
+        let made =
+            self.make_group(&c, spec, &name, resume, secrets)
+                .and_then(|(point, members)| {
+                    // The record, complete: from now on the group shows.
+                    record.created = point_time(&point).unwrap_or_else(crate::volume::now_unix);
+                    let img = self.open_rw(&c, &name)?;
+                    self.write_meta(&c, &img, &[(meta::KEY_GROUP, to_json(&record)?)])?;
+                    Ok((point, members))
+                });
+        let (point, members) = match made {
             Ok(r) => r,
             Err(e) => {
                 // All or none.
@@ -293,10 +301,6 @@ impl RbdPool {
                 });
             }
         };
-        record.created = point_time(&point).unwrap_or_else(crate::volume::now_unix);
-        let img = self.open_rw(&c, &name)?;
-        self.write_meta(&c, &img, &[(meta::KEY_GROUP, to_json(&record)?)])?;
-        drop(img);
         self.drop_point(&c, &name)?;
         tracing::info!(group = %spec.id, members = members.len(), point, "group snapshot complete");
         Ok(GroupSnapshot {
