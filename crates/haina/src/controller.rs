@@ -728,9 +728,7 @@ pub fn create_snapshot(
     params: &BTreeMap<String, String>,
     secrets: &Secrets,
 ) -> Result<Snapshot> {
-    if name.is_empty() {
-        return Err(Error::InvalidArgument("name is required".into()));
-    }
+    crate::group::check_name("name", name)?;
     let source = match ObjectId::parse("source_volume_id", raw_source)? {
         Parsed::Ours(id) => id,
         Parsed::Foreign => {
@@ -785,10 +783,21 @@ pub fn create_snapshot(
 }
 
 pub fn delete_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<()> {
-    match claim_for_delete(d, "snapshot_id", raw_id)? {
-        Some((id, backend, _guard)) => backend.delete_snapshot(&id, secrets),
-        None => Ok(()),
+    let Some((id, backend, _guard)) = claim_for_delete(d, "snapshot_id", raw_id)? else {
+        return Ok(());
+    };
+    // A member of a group snapshot goes with its group only (the spec's
+    // "snapshot is part of a group" row), never leaving the group short.
+    if let Some(g) = backend
+        .get_snapshot(&id, secrets)?
+        .and_then(|s| s.group_snapshot_id)
+    {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot_id {id} is part of group snapshot {g} and cannot be deleted on its own; \
+             delete the group with DeleteVolumeGroupSnapshot"
+        )));
     }
+    backend.delete_snapshot(&id, secrets)
 }
 
 pub fn get_snapshot(d: &Driver, raw_id: &str, secrets: &Secrets) -> Result<Snapshot> {

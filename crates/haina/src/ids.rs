@@ -102,6 +102,9 @@ pub struct ObjectId {
 
 pub type VolumeId = ObjectId;
 pub type SnapshotId = ObjectId;
+/// A group snapshot's ID: `<pool>.<object>` from its request name, like a
+/// snapshot's (the two never meet: they are stored apart).
+pub type GroupSnapshotId = ObjectId;
 
 /// What [`ObjectId::parse`] made of a client-supplied ID.
 #[derive(Debug)]
@@ -183,6 +186,17 @@ impl ObjectId {
         Self {
             pool: pool.clone(),
             object,
+        }
+    }
+
+    /// The ID of the member snapshot of `volume` in the group snapshot
+    /// named `group_name`: a hash of both, so that a retried create lands
+    /// on the same member. The hashed text starts with a NUL, which no CSI
+    /// name may hold, so it never equals an ordinary snapshot's.
+    pub fn for_group_member(pool: &PoolName, group_name: &str, volume: &VolumeId) -> Self {
+        Self {
+            pool: pool.clone(),
+            object: hashed_name(&format!("\0group\0{group_name}\0{volume}")),
         }
     }
 
@@ -327,6 +341,27 @@ mod tests {
         // A name that looks like a hash is hashed too, so it cannot collide.
         let h = ObjectId::for_name(&pool, "x/y").object().to_string();
         assert_ne!(ObjectId::for_name(&pool, &h).object(), h);
+    }
+
+    #[test]
+    fn group_members_are_stable_and_never_an_ordinary_name() {
+        let pool = PoolName::parse("default").unwrap();
+        let v1 = VolumeId::parse_existing("v", "default.v1").unwrap();
+        let v2 = VolumeId::parse_existing("v", "default.v2").unwrap();
+        let m = ObjectId::for_group_member(&pool, "g", &v1);
+        assert_eq!(m, ObjectId::for_group_member(&pool, "g", &v1));
+        assert_ne!(m, ObjectId::for_group_member(&pool, "g", &v2));
+        assert_ne!(m, ObjectId::for_group_member(&pool, "h", &v1));
+        assert!(m.object().starts_with("h-"), "{m}");
+        assert!(matches!(
+            ObjectId::parse("id", &m.to_string()),
+            Ok(Parsed::Ours(_))
+        ));
+        // The hashed text itself is no valid name (create refuses a NUL)...
+        assert!(crate::group::check_name("name", "\0group\0g\0default.v1").is_err());
+        // ...and the same text without the NULs is an ordinary (hashed) name.
+        assert_ne!(m, ObjectId::for_name(&pool, "group\0g\0default.v1"));
+        assert_ne!(m, ObjectId::for_name(&pool, "groupgdefault.v1"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`grpc`] | the CSI services: request validation, conversion, error mapping, the RPC log |
 //! | [`controller`] | Controller logic: sizing, idempotency, publish conflicts, topology, paging |
+//! | [`group`] | GroupController logic: group snapshots' validation, idempotency and locks |
 //! | [`node`] | Node logic: stage (attach, format, mount), publish (bind), stats, expansion |
 //! | [`backend`] | the `Backend` trait and one file per pool kind (`local`, `rbd`) |
 //! | [`attach`] | node-side attach of RBD images: `fuse` (our own FUSE server + loop), `krbd`, `nbd` |
@@ -37,6 +38,7 @@ pub mod driver;
 pub mod error;
 pub mod failpoint;
 pub mod fsopts;
+pub mod group;
 pub mod grpc;
 pub mod health;
 pub mod ids;

@@ -40,6 +40,12 @@ impl Limiter {
         self.try_lock(format!("snapshot/{id}"))
     }
 
+    /// Claims a group snapshot. Its create also claims every member volume
+    /// and member snapshot, its delete every member snapshot.
+    pub fn group(&self, id: &crate::ids::GroupSnapshotId) -> Result<Guard> {
+        self.try_lock(format!("group/{id}"))
+    }
+
     /// Claims `key` (e.g. `"volume/default.pvc-1"`), or `ABORTED` if it is busy.
     pub fn try_lock(&self, key: impl Into<String>) -> Result<Guard> {
         let key = key.into();

@@ -1,4 +1,5 @@
-//! The CSI server: binds the services a process runs onto one listener.
+//! The CSI server: binds the services a process runs onto one listener
+//! (the GroupController goes wherever the Controller does).
 //!
 //! It takes an already-bound listener and a shutdown future, so tests run
 //! the real server on a socket in a temp dir, and `main` passes SIGTERM.
@@ -8,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use haina_csi::v1::controller_server::ControllerServer;
+use haina_csi::v1::group_controller_server::GroupControllerServer;
 use haina_csi::v1::identity_server::IdentityServer;
 use haina_csi::v1::node_server::NodeServer;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -15,6 +17,7 @@ use tokio_stream::wrappers::UnixListenerStream;
 use crate::driver::Driver;
 use crate::error::{Error, Result};
 use crate::grpc::controller::ControllerService;
+use crate::grpc::group::GroupControllerService;
 use crate::grpc::identity::IdentityService;
 use crate::grpc::node::NodeService;
 
@@ -33,6 +36,11 @@ pub async fn serve(
         }))
         .add_optional_service(services.controller.then(|| {
             ControllerServer::new(ControllerService {
+                driver: driver.clone(),
+            })
+        }))
+        .add_optional_service(services.controller.then(|| {
+            GroupControllerServer::new(GroupControllerService {
                 driver: driver.clone(),
             })
         }))

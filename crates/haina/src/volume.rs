@@ -126,6 +126,22 @@ pub struct Snapshot {
     /// Seconds and nanoseconds since the epoch.
     pub created: (i64, i32),
     pub ready: bool,
+    /// The group snapshot this snapshot is a member of: it is deleted with
+    /// its group, never on its own (DeleteSnapshot refuses it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot_id: Option<String>,
+}
+
+/// A group snapshot: one snapshot of each member volume, all taken at the
+/// same point in time (write-order consistent with each other).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupSnapshot {
+    pub id: String,
+    pub name: String,
+    /// One per source volume, sorted by source volume ID.
+    pub members: Vec<Snapshot>,
+    /// The point in time: seconds and nanoseconds since the epoch.
+    pub created: (i64, i32),
 }
 
 /// Capacity as reported by GetCapacity.

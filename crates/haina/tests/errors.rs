@@ -58,7 +58,13 @@ async fn identity_and_capabilities() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(caps.capabilities.len(), 3);
+    // Controller, GroupController, accessibility constraints, online expansion.
+    assert_eq!(caps.capabilities.len(), 4);
+    {
+        use csi::plugin_capability::{Type, service};
+        assert!(caps.capabilities.iter().any(|cap| matches!(cap.r#type,
+            Some(Type::Service(ref s)) if s.r#type == service::Type::GroupControllerService as i32)));
+    }
     let probe = c
         .identity
         .probe(csi::ProbeRequest {})

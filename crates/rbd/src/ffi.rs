@@ -112,6 +112,41 @@ pub(crate) struct RbdImageWatcher {
     pub cookie: u64,
 }
 
+/// `rbd_group_image_info_t` (`state` is a C enum).
+#[repr(C)]
+pub(crate) struct RbdGroupImageInfo {
+    pub name: *mut c_char,
+    pub pool: i64,
+    pub state: c_int,
+}
+
+/// `rbd_group_snap_info_t` (`state` is a C enum).
+#[repr(C)]
+pub(crate) struct RbdGroupSnapInfo {
+    pub name: *mut c_char,
+    pub state: c_int,
+}
+
+/// `rbd_snap_group_namespace_t`.
+#[repr(C)]
+pub(crate) struct RbdSnapGroupNamespace {
+    pub group_pool: i64,
+    pub group_name: *mut c_char,
+    pub group_snap_name: *mut c_char,
+}
+
+/// `rbd_diff_iterate2`'s callback: offset, length, whether data exists, argument.
+pub(crate) type RbdDiffCallback = unsafe extern "C" fn(u64, usize, c_int, *mut c_void) -> c_int;
+
+// rbd_snap_namespace_type_t
+pub(crate) const RBD_SNAP_NAMESPACE_TYPE_USER: c_int = 0;
+pub(crate) const RBD_SNAP_NAMESPACE_TYPE_GROUP: c_int = 1;
+pub(crate) const RBD_SNAP_NAMESPACE_TYPE_TRASH: c_int = 2;
+// rbd_group_snap_state_t
+pub(crate) const RBD_GROUP_SNAP_STATE_COMPLETE: c_int = 1;
+// rbd_group_image_state_t
+pub(crate) const RBD_GROUP_IMAGE_STATE_ATTACHED: c_int = 0;
+
 pub(crate) const RBD_MAX_BLOCK_NAME_SIZE: usize = 24;
 pub(crate) const RBD_MAX_IMAGE_NAME_SIZE: usize = 96;
 
@@ -342,6 +377,33 @@ fn_table! {
         fn rbd_write(image: RbdImageT, ofs: u64, len: usize, buf: *const c_char) -> isize;
         fn rbd_discard(image: RbdImageT, ofs: u64, len: u64) -> c_int;
         fn rbd_flush(image: RbdImageT) -> c_int;
+        // Snapshots of every namespace, and reading an image at one.
+        fn rbd_snap_get_namespace_type(image: RbdImageT, snap_id: u64, namespace_type: *mut c_int) -> c_int;
+        fn rbd_snap_get_group_namespace(image: RbdImageT, snap_id: u64, group_snap: *mut RbdSnapGroupNamespace, group_snap_size: usize) -> c_int;
+        fn rbd_snap_group_namespace_cleanup(group_snap: *mut RbdSnapGroupNamespace, group_snap_size: usize) -> c_int;
+        fn rbd_snap_set_by_id(image: RbdImageT, snap_id: u64) -> c_int;
+        fn rbd_diff_iterate2(
+            image: RbdImageT,
+            fromsnapname: *const c_char,
+            ofs: u64,
+            len: u64,
+            include_parent: u8,
+            whole_object: u8,
+            cb: RbdDiffCallback,
+            arg: *mut c_void,
+        ) -> c_int;
+        // Groups (consistency groups and their snapshots).
+        fn rbd_group_create(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_group_remove(io: RadosIoctxT, name: *const c_char) -> c_int;
+        fn rbd_group_list(io: RadosIoctxT, names: *mut c_char, size: *mut usize) -> c_int;
+        fn rbd_group_image_add(group_io: RadosIoctxT, group_name: *const c_char, image_io: RadosIoctxT, image_name: *const c_char) -> c_int;
+        fn rbd_group_image_remove(group_io: RadosIoctxT, group_name: *const c_char, image_io: RadosIoctxT, image_name: *const c_char) -> c_int;
+        fn rbd_group_image_list(group_io: RadosIoctxT, group_name: *const c_char, images: *mut RbdGroupImageInfo, info_size: usize, num_entries: *mut usize) -> c_int;
+        fn rbd_group_image_list_cleanup(images: *mut RbdGroupImageInfo, info_size: usize, num_entries: usize) -> c_int;
+        fn rbd_group_snap_create(group_io: RadosIoctxT, group_name: *const c_char, snap_name: *const c_char) -> c_int;
+        fn rbd_group_snap_remove(group_io: RadosIoctxT, group_name: *const c_char, snap_name: *const c_char) -> c_int;
+        fn rbd_group_snap_list(group_io: RadosIoctxT, group_name: *const c_char, snaps: *mut RbdGroupSnapInfo, info_size: usize, num_entries: *mut usize) -> c_int;
+        fn rbd_group_snap_list_cleanup(snaps: *mut RbdGroupSnapInfo, info_size: usize, num_entries: usize) -> c_int;
     }
 }
 

@@ -24,7 +24,7 @@ const MAX_IO: usize = 1 << 30;
 /// Keeps its pool's [`IoCtx`] and the cluster connection alive.
 pub struct Image {
     io: IoCtx,
-    handle: RbdImageT,
+    pub(crate) handle: RbdImageT,
     name: String,
     snap: Option<String>,
     read_only: bool,
@@ -147,11 +147,11 @@ impl Image {
         })
     }
 
-    fn api(&self) -> &'static ffi::Api {
+    pub(crate) fn api(&self) -> &'static ffi::Api {
         self.io.api()
     }
 
-    fn target(&self) -> String {
+    pub(crate) fn target(&self) -> String {
         match &self.snap {
             Some(s) => format!("{}@{s}", image_target(&self.io, &self.name)),
             None => image_target(&self.io, &self.name),
@@ -423,7 +423,8 @@ impl Image {
         Ok(exists)
     }
 
-    /// The image's (user-namespace) snapshots.
+    /// The image's snapshots: user ones, and its parts of group snapshots
+    /// (see [`Image::snap_namespace`]); not those in the trash namespace.
     pub fn snap_list(&self) -> Result<Vec<SnapInfo>> {
         const OP: &str = "rbd_snap_list";
         let mut max: c_int = 16;

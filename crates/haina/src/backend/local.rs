@@ -10,6 +10,7 @@
 //! publications/<object>/<node>.json  one file per ControllerPublish
 //! snapshots/<object>.img             a point-in-time copy (reflink or sparse copy)
 //! snapshots/<object>.json
+//! groups/<object>.json               a group snapshot's record ([`group`])
 //! ```
 //!
 //! Crash safety: the image is built under a temp name and renamed into
@@ -38,6 +39,7 @@
 //! and become block-layer throttle rules on its loop device when it is
 //! attached, which are removed again before it is detached; see [`qos`].
 
+mod group;
 mod qos;
 mod space;
 
@@ -51,12 +53,12 @@ use haina_sys::host::SharedHost;
 use haina_sys::loopdev::{AttachOptions, LoopDevice};
 
 use super::copy::{self, CopyMethod};
-use super::{Attachment, Backend, CreateSpec};
+use super::{Attachment, Backend, CreateSpec, GroupSpec};
 use crate::error::{Error, Result};
-use crate::ids::{PoolName, SnapshotId, VolumeId, echo};
+use crate::ids::{GroupSnapshotId, PoolName, SnapshotId, VolumeId, echo};
 use crate::volume::{
-    Capability, Capacity, ContentSource, MIB, Publication, Secrets, Segments, Snapshot,
-    TOPOLOGY_NODE_KEY, Volume,
+    Capability, Capacity, ContentSource, GroupSnapshot, MIB, Publication, Secrets, Segments,
+    Snapshot, TOPOLOGY_NODE_KEY, Volume,
 };
 use crate::{failpoint, state};
 
@@ -847,6 +849,7 @@ impl Backend for LocalPool {
             size: vol.capacity,
             created: crate::volume::now_unix(),
             ready: true,
+            group_snapshot_id: None,
         };
         self.commit_record(&self.snapshot_record(id), &image, &snap)?;
         Ok(snap)
@@ -866,12 +869,40 @@ impl Backend for LocalPool {
 
     fn get_snapshot(&self, id: &SnapshotId, _secrets: &Secrets) -> Result<Option<Snapshot>> {
         self.own(id)?;
-        // The record is written only after the image is in place.
-        Ok(state::read(&self.snapshot_record(id))?)
+        // The record is written only after the image is in place; a group
+        // member shows only once its group is complete.
+        let s = state::read::<Snapshot>(&self.snapshot_record(id))?;
+        match s {
+            Some(s) if self.member_visible(&s, &mut Default::default())? => Ok(Some(s)),
+            _ => Ok(None),
+        }
     }
 
     fn list_snapshots(&self, _secrets: &Secrets) -> Result<Vec<Snapshot>> {
-        self.list_records("snapshots")
+        let mut groups = std::collections::HashMap::new();
+        let mut out = Vec::new();
+        for s in self.list_records::<Snapshot>("snapshots")? {
+            if self.member_visible(&s, &mut groups)? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    fn create_group_snapshot(&self, spec: &GroupSpec, _secrets: &Secrets) -> Result<GroupSnapshot> {
+        self.create_group(spec)
+    }
+
+    fn delete_group_snapshot(&self, id: &GroupSnapshotId, _secrets: &Secrets) -> Result<()> {
+        self.delete_group(id)
+    }
+
+    fn get_group_snapshot(
+        &self,
+        id: &GroupSnapshotId,
+        _secrets: &Secrets,
+    ) -> Result<Option<GroupSnapshot>> {
+        self.get_group(id)
     }
 
     /// Attaches (or finds) the loop device and gives it the volume's QoS

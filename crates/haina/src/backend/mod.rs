@@ -16,11 +16,12 @@ pub mod rbd;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::error::Result;
-use crate::ids::{PoolName, SnapshotId, VolumeId};
+use crate::error::{Error, Result};
+use crate::ids::{GroupSnapshotId, PoolName, SnapshotId, VolumeId};
 use crate::qos::{Limits, Support};
 use crate::volume::{
-    Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot, Volume,
+    Capability, Capacity, ContentSource, GroupSnapshot, Publication, Secrets, Segments, Snapshot,
+    Volume,
 };
 
 /// What CreateVolume asks a backend for (already validated and sized).
@@ -33,6 +34,17 @@ pub struct CreateSpec {
     pub source: Option<ContentSource>,
     /// Its QoS limits (mutable parameters), stored with it at create.
     pub qos: Limits,
+}
+
+/// What CreateVolumeGroupSnapshot asks a pool for (validated: the members
+/// exist, are distinct and are all in this pool).
+#[derive(Debug, Clone)]
+pub struct GroupSpec {
+    pub id: GroupSnapshotId,
+    pub name: String,
+    /// (source volume, its member snapshot), sorted by volume ID: the order
+    /// in which members are frozen and copied.
+    pub members: Vec<(VolumeId, SnapshotId)>,
 }
 
 /// A volume attached to this node as a block device.
@@ -118,8 +130,44 @@ pub trait Backend: Send + Sync {
     ) -> Result<Snapshot>;
     fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()>;
     fn get_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<Option<Snapshot>>;
-    /// All snapshots, sorted by ID.
+    /// All snapshots, sorted by ID. Members of a group snapshot are
+    /// listed (and found by `get_snapshot`) only once their group is
+    /// complete, and carry its ID.
     fn list_snapshots(&self, secrets: &Secrets) -> Result<Vec<Snapshot>>;
+
+    // ---- group snapshots
+    /// Snapshots every member volume at one point in time, write-order
+    /// consistent across members (a write that completed before another
+    /// began is never missing while the later one is present), all or
+    /// none: on an error nothing is left. A retry after a crash at any
+    /// point finishes or starts over, and no member is visible before the
+    /// whole group is. The same ID with another member set is
+    /// ALREADY_EXISTS; members that cannot be paused together are
+    /// FAILED_PRECONDITION.
+    fn create_group_snapshot(
+        &self,
+        _spec: &GroupSpec,
+        _secrets: &Secrets,
+    ) -> Result<GroupSnapshot> {
+        Err(Error::Unimplemented(format!(
+            "pool {} ({}) does not support group snapshots",
+            self.name(),
+            self.kind()
+        )))
+    }
+    /// Deletes a group snapshot with every member snapshot, or whatever a
+    /// crashed create or delete left of it. Nothing there is success.
+    fn delete_group_snapshot(&self, _id: &GroupSnapshotId, _secrets: &Secrets) -> Result<()> {
+        Ok(())
+    }
+    /// A complete group snapshot with its members.
+    fn get_group_snapshot(
+        &self,
+        _id: &GroupSnapshotId,
+        _secrets: &Secrets,
+    ) -> Result<Option<GroupSnapshot>> {
+        Ok(None)
+    }
 
     // ---- node
     /// Announces this process as the pool's node plugin for as long as it

@@ -26,6 +26,10 @@
 //! collection when its last dependant goes. So a snapshot outlives its
 //! source volume, and a volume with snapshots can still be deleted.
 //!
+//! Group snapshots ([`group`]): every member frozen (if mounted here) or in
+//! an RBD group snapshot, then per-member snapshot images made like the
+//! ones above (clones), brought to the group's point in time.
+//!
 //! Fencing: publications live in metadata, and ControllerPublish also
 //! checks the image's watchers against the nodes' attach records, so a node
 //! that still has the image open without a publication (a stale mapping)
@@ -38,6 +42,7 @@
 
 pub mod conn;
 pub mod crypt;
+mod group;
 pub mod meta;
 pub mod nodes;
 pub mod qos;
@@ -50,14 +55,14 @@ use haina_rbd::{Features, Image, ParentInfo};
 
 use self::conn::{Conn, Connections, ceph_err};
 use self::meta::{EncryptionRecord, Kind, Meta};
-use super::{Attachment, Backend, CreateSpec};
+use super::{Attachment, Backend, CreateSpec, GroupSpec};
 use crate::attach::{self, Mounter, OpenMode, Target, Unlock};
 use crate::config::RbdConfig;
 use crate::error::{Error, Result};
-use crate::ids::{ObjectId, PoolName, SnapshotId, VolumeId};
+use crate::ids::{GroupSnapshotId, ObjectId, PoolName, SnapshotId, VolumeId};
 use crate::volume::{
-    AccessType, Capability, Capacity, ContentSource, Publication, Secrets, Segments, Snapshot,
-    Volume,
+    AccessType, Capability, Capacity, ContentSource, GroupSnapshot, Publication, Secrets, Segments,
+    Snapshot, Volume,
 };
 
 /// ENOTEMPTY from rbd_remove: the image has snapshots that clones use.
@@ -1220,21 +1225,14 @@ impl Backend for RbdPool {
             source_volume_id: source.to_string(),
             size: size.saturating_sub(encryption.map_or(0, |e| e.header)),
             created: crate::volume::now_unix(),
+            group_snapshot_id: None,
         };
-        let size = record.size;
         let mut keys = vec![(meta::KEY_SNAPSHOT, to_json(&record)?)];
         if let Some(e) = &encryption {
             keys.push((meta::KEY_ENCRYPTION, to_json(e)?));
         }
         self.write_meta(&c, &img, &keys)?;
-        Ok(Snapshot {
-            id: id.to_string(),
-            name: record.name,
-            source_volume_id: record.source_volume_id,
-            size,
-            created: record.created,
-            ready: true,
-        })
+        Ok(record.snapshot(id))
     }
 
     fn delete_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<()> {
@@ -1260,17 +1258,27 @@ impl Backend for RbdPool {
     fn get_snapshot(&self, id: &SnapshotId, secrets: &Secrets) -> Result<Option<Snapshot>> {
         self.own(id)?;
         let c = self.conns.get(secrets)?;
-        match self.live(&c, Kind::Snapshot, id.object())? {
-            Some((image, meta, _)) => meta.snapshot(id, &image),
-            None => Ok(None),
+        let s = match self.live(&c, Kind::Snapshot, id.object())? {
+            Some((image, meta, _)) => meta.snapshot(id, &image)?,
+            None => None,
+        };
+        // A group member shows only once its group is complete.
+        match s {
+            Some(s) if self.member_visible(&c, &s, &mut Default::default())? => Ok(Some(s)),
+            _ => Ok(None),
         }
     }
 
     fn list_snapshots(&self, secrets: &Secrets) -> Result<Vec<Snapshot>> {
         let c = self.conns.get(secrets)?;
+        let mut groups = std::collections::HashMap::new();
         let mut out = Vec::new();
         for (id, name, _img, meta) in self.complete_images(&c, Kind::Snapshot)? {
-            out.extend(meta.snapshot(&id, &name)?);
+            if let Some(s) = meta.snapshot(&id, &name)?
+                && self.member_visible(&c, &s, &mut groups)?
+            {
+                out.push(s);
+            }
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
@@ -1294,6 +1302,22 @@ impl Backend for RbdPool {
             self.announced.clone(),
         )?;
         Ok(Some(Box::new(hb)))
+    }
+
+    fn create_group_snapshot(&self, spec: &GroupSpec, secrets: &Secrets) -> Result<GroupSnapshot> {
+        self.create_group(spec, secrets)
+    }
+
+    fn delete_group_snapshot(&self, id: &GroupSnapshotId, secrets: &Secrets) -> Result<()> {
+        self.delete_group(id, secrets)
+    }
+
+    fn get_group_snapshot(
+        &self,
+        id: &GroupSnapshotId,
+        secrets: &Secrets,
+    ) -> Result<Option<GroupSnapshot>> {
+        self.get_group(id, secrets)
     }
 
     fn attach(&self, id: &VolumeId, secrets: &Secrets) -> Result<Attachment> {

@@ -41,6 +41,7 @@ impl Identity for IdentityService {
         let mut caps = vec![service_cap(service::Type::VolumeAccessibilityConstraints)];
         if self.driver.services.controller {
             caps.insert(0, service_cap(service::Type::ControllerService));
+            caps.push(service_cap(service::Type::GroupControllerService));
         }
         caps.push(csi::PluginCapability {
             r#type: Some(csi::plugin_capability::Type::VolumeExpansion(

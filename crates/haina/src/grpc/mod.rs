@@ -1,13 +1,15 @@
 //! The gRPC layer: request validation, conversion and error mapping only.
 //!
-//! One file per CSI service ([`identity`], [`controller`], [`node`]). Each
-//! handler parses its request into typed arguments, runs one domain
-//! function on a blocking thread through [`run`], and converts the result.
+//! One file per CSI service ([`identity`], [`controller`], [`group`],
+//! [`node`]). Each handler parses its request into typed arguments, runs one
+//! domain function on a blocking thread through [`run`], and converts the
+//! result.
 //! [`run`] is also the one place that logs every RPC (method, object, code,
 //! duration) — requests are never `Debug`-printed, because their `secrets`
 //! hold credentials.
 
 pub mod controller;
+pub mod group;
 pub mod identity;
 pub mod node;
 
@@ -20,7 +22,8 @@ use tonic::{Response, Status};
 
 use crate::error::{Error, Result};
 use crate::volume::{
-    AccessMode, AccessType, Capability, ContentSource, Secrets, Segments, Snapshot, Volume,
+    AccessMode, AccessType, Capability, ContentSource, GroupSnapshot, Secrets, Segments, Snapshot,
+    Volume,
 };
 
 /// Runs `f` off the async runtime and logs the call once.
@@ -147,6 +150,18 @@ pub(crate) fn snapshot(s: &Snapshot) -> csi::Snapshot {
             nanos: s.created.1,
         }),
         ready_to_use: s.ready,
-        group_snapshot_id: String::new(),
+        group_snapshot_id: s.group_snapshot_id.clone().unwrap_or_default(),
+    }
+}
+
+pub(crate) fn group_snapshot(g: &GroupSnapshot) -> csi::VolumeGroupSnapshot {
+    csi::VolumeGroupSnapshot {
+        group_snapshot_id: g.id.clone(),
+        snapshots: g.members.iter().map(snapshot).collect(),
+        creation_time: Some(prost_types::Timestamp {
+            seconds: g.created.0,
+            nanos: g.created.1,
+        }),
+        ready_to_use: !g.members.is_empty() && g.members.iter().all(|s| s.ready),
     }
 }

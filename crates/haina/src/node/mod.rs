@@ -891,7 +891,8 @@ impl Drop for FreezeGuard {
 }
 
 /// Freezes the filesystem on `device` if it is mounted on this node, so
-/// that a snapshot or copy taken now is filesystem-consistent.
+/// that a snapshot or copy taken now is filesystem-consistent. One that is
+/// already frozen (EBUSY) is taken over: the guard thaws it.
 pub fn freeze_if_mounted(host: &SharedHost, device: &Path) -> Result<Option<FreezeGuard>> {
     let Some(FileKind::BlockDevice(major, minor)) = host.lstat(device)? else {
         return Ok(None);
@@ -904,8 +905,21 @@ pub fn freeze_if_mounted(host: &SharedHost, device: &Path) -> Result<Option<Free
     else {
         return Ok(None);
     };
-    host.freeze(&mount.mount_point)
-        .map_err(|e| Error::from(e).context(format!("freezing {}", mount.mount_point.display())))?;
+    match host.freeze(&mount.mount_point) {
+        Ok(()) => {}
+        // Already frozen: by an operation that `kill -9` cut short inside
+        // its freeze window (nothing thaws it then), or by someone else.
+        // Take the freeze over, so that it is thawed when this one is done,
+        // which is what lets a retried snapshot converge.
+        Err(e) if e.errno() == Some(rustix::io::Errno::BUSY) => {
+            tracing::warn!(mount_point = %mount.mount_point.display(),
+                "filesystem was already frozen (a snapshot interrupted by a crash?); \
+                 it is thawed when this snapshot is done");
+        }
+        Err(e) => {
+            return Err(Error::from(e).context(format!("freezing {}", mount.mount_point.display())));
+        }
+    }
     Ok(Some(FreezeGuard {
         host: Arc::clone(host),
         mount_point: mount.mount_point.clone(),

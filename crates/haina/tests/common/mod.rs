@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use haina_csi::endpoint::Endpoint;
 use haina_csi::v1 as csi;
 use haina_csi::v1::controller_client::ControllerClient;
+use haina_csi::v1::group_controller_client::GroupControllerClient;
 use haina_csi::v1::identity_client::IdentityClient;
 use haina_csi::v1::node_client::NodeClient;
 use tonic::transport::Channel;
@@ -33,6 +34,7 @@ pub struct Server {
 pub struct Clients {
     pub identity: IdentityClient<Channel>,
     pub controller: ControllerClient<Channel>,
+    pub group: GroupControllerClient<Channel>,
     pub node: NodeClient<Channel>,
 }
 
@@ -219,7 +221,7 @@ pub async fn wait_until_serving(socket: &Path, child: &mut Child, log: &Path) {
     }
 }
 
-/// Identity, Controller and Node clients on one channel to `socket`.
+/// Identity, Controller, GroupController and Node clients on one channel to `socket`.
 pub async fn connect_clients(socket: &Path) -> Clients {
     let ch = Endpoint::parse(socket.to_str().unwrap())
         .unwrap()
@@ -229,6 +231,7 @@ pub async fn connect_clients(socket: &Path) -> Clients {
     Clients {
         identity: IdentityClient::new(ch.clone()),
         controller: ControllerClient::new(ch.clone()),
+        group: GroupControllerClient::new(ch.clone()),
         node: NodeClient::new(ch),
     }
 }

@@ -29,6 +29,9 @@
 //! | `haina.encryption` | the image is encrypted with librbd's LUKS encryption: format and header size (JSON; never the passphrase), see [`super::crypt`] |
 //! | `haina.flattened-from` | on an incomplete encrypted restore or clone: the image it was cloned from, set before it is flattened |
 //! | `conf_rbd_qos_*` | the volume's QoS limits, as librbd reads them (see [`super::qos`]) |
+//! | `haina.group` | on a group snapshot's record image `csi-group-<object>`: name, members, point in time (JSON) |
+//! | `haina.point` | on a group member's snapshot image: the RBD group snapshot it was made from |
+//! | `haina.patched` | on a group member being made: the group snapshot whose data it was brought to |
 
 use std::collections::BTreeMap;
 
@@ -41,6 +44,9 @@ use crate::volume::{ContentSource, Publication, Snapshot, Volume};
 
 pub const VOLUME_PREFIX: &str = "csi-vol-";
 pub const SNAPSHOT_PREFIX: &str = "csi-snap-";
+/// A group snapshot's record image, its RBD group, and the user snapshots
+/// it takes of its sources are all named `csi-group-<object>`.
+pub const GROUP_PREFIX: &str = "csi-group-";
 /// The RBD snapshot of a snapshot image that restores clone from.
 pub const RESTORE_SNAP: &str = "haina-restore";
 
@@ -57,6 +63,9 @@ pub const KEY_ENCRYPTION: &str = "haina.encryption";
 /// On an incomplete encrypted restore or clone: the image it was cloned
 /// from, set just before it is flattened (removed once it is complete).
 pub const KEY_FLATTENED_FROM: &str = "haina.flattened-from";
+pub const KEY_GROUP: &str = "haina.group";
+pub const KEY_POINT: &str = "haina.point";
+pub const KEY_PATCHED: &str = "haina.patched";
 pub const ATTACH_PREFIX: &str = "haina.attach.";
 /// Every key haina owns starts with this.
 pub const PREFIX: &str = "haina.";
@@ -122,6 +131,24 @@ pub struct SnapRecord {
     pub source_volume_id: String,
     pub size: u64,
     pub created: (i64, i32),
+    /// Set on the members of a group snapshot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_snapshot_id: Option<String>,
+}
+
+impl SnapRecord {
+    /// The snapshot `id` this record describes.
+    pub fn snapshot(self, id: &ObjectId) -> Snapshot {
+        Snapshot {
+            id: id.to_string(),
+            name: self.name,
+            source_volume_id: self.source_volume_id,
+            size: self.size,
+            created: self.created,
+            ready: true,
+            group_snapshot_id: self.group_snapshot_id,
+        }
+    }
 }
 
 /// How an encrypted image is encrypted (`haina.encryption`): the format of
@@ -251,14 +278,7 @@ impl Meta {
             return Ok(None);
         };
         let r: SnapRecord = json(image, KEY_SNAPSHOT, v)?;
-        Ok(Some(Snapshot {
-            id: id.to_string(),
-            name: r.name,
-            source_volume_id: r.source_volume_id,
-            size: r.size,
-            created: r.created,
-            ready: true,
-        }))
+        Ok(Some(r.snapshot(id)))
     }
 }
 
