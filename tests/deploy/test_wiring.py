@@ -121,6 +121,21 @@ def test_custom_data_dir_and_metrics_port(helm):
     checks.check_metrics(docs, 9900)
 
 
+def test_attach_limit_and_feature_gates(helm):
+    """node.maxVolumesPerNode reaches haina serve (the scheduler's attach
+    limit); the group snapshot and VolumeAttributesClass gates are values."""
+    docs = m.render(sets=[
+        "node.maxVolumesPerNode=16",
+        "sidecars.snapshotter.featureGates=CSIVolumeGroupSnapshot=true",
+        "sidecars.resizer.featureGates=VolumeAttributesClass=true",
+    ])
+    text = str(docs)
+    assert "--max-volumes-per-node=16" in text
+    assert "--feature-gates=CSIVolumeGroupSnapshot=true" in text
+    assert "--feature-gates=VolumeAttributesClass=true" in text
+    assert "--max-volumes-per-node" not in str(m.render()), "0 (no limit) passes no flag"
+
+
 def test_service_monitor(helm):
     docs = m.render(sets=["metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=prom"])
     smon = m.one(docs, "ServiceMonitor")
