@@ -80,6 +80,40 @@ fn root_is_read_write() -> bool {
     !st.f_flag.contains(rustix::fs::StatVfsMountFlags::RDONLY)
 }
 
+/// Deletes the volume and checks nothing of the test is left.
+async fn delete_and_check(server: &Server, c: &mut Clients, id: String) {
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    server.assert_no_leaks();
+}
+
+/// A server whose first stage of a fresh volume aborts at `failpoint`
+/// (no cleanup at all, like kill -9): the stopped server, the volume's ID
+/// and its staging path.
+async fn stage_aborted_at(
+    failpoint: &str,
+    name: &str,
+    cap: &csi::VolumeCapability,
+) -> (Server, String, std::path::PathBuf) {
+    let mut server =
+        Server::start_with(&[("HAINA_FAILPOINTS", &format!("{failpoint}=abort"))]).await;
+    let mut c = server.clients().await;
+    let id = create(&mut c, name, cap).await;
+    let staging = server.path("staging");
+    std::fs::create_dir_all(&staging).unwrap();
+    c.node
+        .node_stage_volume(stage_req(&id, &staging, cap))
+        .await
+        .expect_err("the failpoint aborts the server");
+    assert!(!server.wait_exit().success());
+    (server, id, staging)
+}
+
 /// Item 1: NodeUnpublishVolume unmounts only what the volume put there.
 #[tokio::test(flavor = "multi_thread")]
 async fn unpublish_never_unmounts_what_is_not_the_volumes() {
@@ -228,31 +262,16 @@ async fn hostile_paths_are_refused_or_torn_down() {
             .await,
         Code::InvalidArgument,
     );
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    server.assert_no_leaks();
+    delete_and_check(&server, &mut c, id).await;
 }
 
 /// Item 4: node A dies in mkfs; the volume is formatted and filled
 /// elsewhere; when A stages it again, it must not reformat it.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stale_formatting_record_never_beats_someone_elses_filesystem() {
-    let mut server = Server::start_with(&[("HAINA_FAILPOINTS", "stage-before-mkfs=abort")]).await;
-    let mut c = server.clients().await;
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
-    let id = create(&mut c, "safety-mkfs", &cap).await;
-    let staging = server.path("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    c.node
-        .node_stage_volume(stage_req(&id, &staging, &cap))
-        .await
-        .expect_err("the failpoint aborts the server");
-    assert!(!server.wait_exit().success());
+    let (mut server, id, staging) =
+        stage_aborted_at("stage-before-mkfs", "safety-mkfs", &cap).await;
     // Node A is down. "Node B" (here: by hand) formats the volume and
     // writes data to it.
     let (dev, image) = loops_under(server.dir.path()).remove(0);
@@ -282,31 +301,16 @@ async fn a_stale_formatting_record_never_beats_someone_elses_filesystem() {
         .node_unstage_volume(unstage_req(&id, &staging))
         .await
         .unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    server.assert_no_leaks();
+    delete_and_check(&server, &mut c, id).await;
 }
 
 /// Item 4, the other half: an mkfs this node started and a crash
 /// interrupted, before anything was mounted, is made again on retry.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_mkfs_of_ours_is_made_again() {
-    let mut server = Server::start_with(&[("HAINA_FAILPOINTS", "stage-before-mount=abort")]).await;
-    let mut c = server.clients().await;
     let cap = mount_cap("ext4", Mode::SingleNodeWriter);
-    let id = create(&mut c, "safety-remkfs", &cap).await;
-    let staging = server.path("staging");
-    std::fs::create_dir_all(&staging).unwrap();
-    c.node
-        .node_stage_volume(stage_req(&id, &staging, &cap))
-        .await
-        .expect_err("the failpoint aborts the server");
-    assert!(!server.wait_exit().success());
+    let (mut server, id, staging) =
+        stage_aborted_at("stage-before-mount", "safety-remkfs", &cap).await;
     server.spawn_with_env(vec![]).await;
     let mut c = server.clients().await;
     c.node
@@ -319,12 +323,5 @@ async fn an_interrupted_mkfs_of_ours_is_made_again() {
         .node_unstage_volume(unstage_req(&id, &staging))
         .await
         .unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    server.assert_no_leaks();
+    delete_and_check(&server, &mut c, id).await;
 }
