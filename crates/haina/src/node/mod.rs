@@ -290,9 +290,12 @@ fn stage_fs(
                 )));
             }
             // A stage interrupted between mount and autoclear, or made by
-            // an older haina: set it now (idempotent).
+            // an older haina: set it now (idempotent; a device that has it
+            // costs one LOOP_GET_STATUS64).
             let mut plan = Plan::new();
-            plan.then_keep(Step::Autoclear(att.device.clone()));
+            if leaves_with_its_mount(&att) {
+                plan.then_keep(Step::Autoclear(att.device.clone()));
+            }
             if fs.writable
                 && let Ok(found) = held.fs_type.parse::<FsType>()
             {
@@ -342,6 +345,17 @@ fn stage_fs(
         undo_attach(backend, id, &att, staged)
     });
     forget_failed(d, backend, id, created, mkfs_ran, result)
+}
+
+/// Whether a filesystem volume's loop device is set to detach itself with
+/// its last mount. Only a loop over a FUSE-served image needs it: once that
+/// FUSE mount is gone (say, with the mount namespace that held it) the
+/// kernel shows the backing file as `/image`, no path finds the device any
+/// more, and nothing else could ever detach it. A local image keeps its
+/// path, so unstage always finds its device — and setting the flag costs a
+/// LOOP_SET_STATUS64, which freezes the device's queue (~30 ms).
+fn leaves_with_its_mount(att: &Attachment) -> bool {
+    att.mounter == "fuse"
 }
 
 /// Rolls back a new attachment when the stage failed after it.
@@ -432,9 +446,11 @@ fn mount_staging(
         fs: fs_type,
         options,
     });
-    // From here the mount holds the loop device: however it goes, the
-    // device goes with it (a dead mount namespace included).
-    plan.then_keep(Step::Autoclear(dev.clone()));
+    if leaves_with_its_mount(att) {
+        // From here the mount holds the loop device: however it goes, the
+        // device goes with it (a dead mount namespace included).
+        plan.then_keep(Step::Autoclear(dev.clone()));
+    }
     if fs.writable && needs_grow && fs_type == FsType::Xfs {
         plan.then_keep(Step::GrowOnline {
             dev: dev.clone(),
