@@ -20,7 +20,6 @@
 //! [`Deadline::Mount`]).
 
 use std::collections::HashMap;
-use std::sync::mpsc;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -77,12 +76,19 @@ fn stuck_note(d: Option<Duration>) -> String {
     }
 }
 
-fn registry() -> &'static Mutex<HashMap<String, Instant>> {
-    static STUCK: OnceLock<Mutex<HashMap<String, Instant>>> = OnceLock::new();
+/// A call abandoned past its deadline, still running: when it started to be
+/// waited on, and which call it is (so that only its own helper clears it).
+struct Stuck {
+    since: Instant,
+    token: u64,
+}
+
+fn registry() -> &'static Mutex<HashMap<String, Stuck>> {
+    static STUCK: OnceLock<Mutex<HashMap<String, Stuck>>> = OnceLock::new();
     STUCK.get_or_init(Default::default)
 }
 
-fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
+fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Stuck>> {
     registry().lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -90,7 +96,7 @@ fn lock() -> std::sync::MutexGuard<'static, HashMap<String, Instant>> {
 pub fn stuck() -> Vec<(String, Duration)> {
     let mut v: Vec<_> = lock()
         .iter()
-        .map(|(k, since)| (k.clone(), since.elapsed()))
+        .map(|(k, s)| (k.clone(), s.since.elapsed()))
         .collect();
     v.sort();
     v
@@ -101,7 +107,7 @@ pub fn is_stuck(prefix: &str) -> Option<Duration> {
     lock()
         .iter()
         .filter(|(k, _)| k.starts_with(prefix))
-        .map(|(_, since)| since.elapsed())
+        .map(|(_, s)| s.since.elapsed())
         .max()
 }
 
@@ -121,24 +127,68 @@ where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
 {
+    run_or_undo(what, after, f, |_| {})
+}
+
+/// Where a call stands, decided under one lock by whichever of the caller
+/// (giving up) and the helper (finishing) gets there first.
+enum Outcome<T> {
+    Running,
+    Done(T),
+    Abandoned,
+}
+
+/// [`run_for`], and if the call is abandoned but later returns, `undo` gets
+/// its result on the helper thread: a freeze that succeeds after its caller
+/// gave up is thawed, never left without an owner.
+pub fn run_or_undo<T, F, U>(
+    what: impl Into<String>,
+    after: Duration,
+    f: F,
+    undo: U,
+) -> Result<T, Stalled>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+    U: FnOnce(T) + Send + 'static,
+{
+    static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let what = what.into();
-    if let Some(since) = lock().get(&what) {
+    if let Some(s) = lock().get(&what) {
         return Err(Stalled {
             what,
             after,
-            stuck_for: Some(since.elapsed()),
+            stuck_for: Some(s.since.elapsed()),
         });
     }
-    let (tx, rx) = mpsc::sync_channel::<T>(1);
+    let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let state = std::sync::Arc::new((Mutex::new(Outcome::<T>::Running), std::sync::Condvar::new()));
+    let helper_state = state.clone();
     let key = what.clone();
     let spawned = std::thread::Builder::new()
         .name("host-call".into())
         .spawn(move || {
             let out = f();
-            if tx.send(out).is_err() {
-                // The caller gave up on us: we were stuck, and now we are not.
-                lock().remove(&key);
-                tracing::warn!(call = %key, "a stalled host call finally returned");
+            let (m, cv) = &*helper_state;
+            let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+            match *st {
+                Outcome::Abandoned => {
+                    // The caller gave up on us: we were stuck, and now we
+                    // are not. Only our own entry goes (a later call with
+                    // the same key may have registered since).
+                    let mut reg = lock();
+                    if reg.get(&key).is_some_and(|s| s.token == token) {
+                        reg.remove(&key);
+                    }
+                    drop(reg);
+                    drop(st);
+                    tracing::warn!(call = %key, "a stalled host call finally returned");
+                    undo(out);
+                }
+                _ => {
+                    *st = Outcome::Done(out);
+                    cv.notify_all();
+                }
             }
         });
     if let Err(e) = spawned {
@@ -150,26 +200,42 @@ where
             stuck_for: None,
         });
     }
-    match rx.recv_timeout(after) {
-        Ok(v) => Ok(v),
-        Err(_) => {
-            // Register before the helper can finish and look for its entry;
-            // if it finished in between, its result is still in the channel.
-            let mut reg = lock();
-            if let Ok(v) = rx.try_recv() {
-                return Ok(v);
-            }
-            reg.insert(what.clone(), Instant::now() - after);
-            drop(reg);
-            drop(rx);
-            tracing::error!(call = %what, ?after, "host call stalled past its deadline");
-            Err(Stalled {
-                what,
-                after,
-                stuck_for: None,
-            })
+    let (m, cv) = &*state;
+    let deadline = Instant::now() + after;
+    let mut st = m.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Outcome::Done(_) = *st {
+            return match std::mem::replace(&mut *st, Outcome::Running) {
+                Outcome::Done(v) => Ok(v),
+                _ => unreachable!("checked just above"),
+            };
         }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        st = cv
+            .wait_timeout(st, deadline - now)
+            .unwrap_or_else(|p| p.into_inner())
+            .0;
     }
+    // Still running: register it as stuck before the helper can look (it
+    // needs the state lock we hold), then let it know it was abandoned.
+    lock().insert(
+        what.clone(),
+        Stuck {
+            since: Instant::now() - after,
+            token,
+        },
+    );
+    *st = Outcome::Abandoned;
+    drop(st);
+    tracing::error!(call = %what, ?after, "host call stalled past its deadline");
+    Err(Stalled {
+        what,
+        after,
+        stuck_for: None,
+    })
 }
 
 #[cfg(test)]
@@ -216,5 +282,60 @@ mod tests {
         }
         assert!(is_stuck(key).is_none());
         assert_eq!(run_for(key, Duration::from_secs(5), || 7), Ok(7));
+    }
+
+    #[test]
+    fn calls_finishing_at_their_deadline_never_stay_registered() {
+        // Finish around the deadline, in both orders, many times: a key is
+        // either answered or registered, and a registered one always
+        // clears once its helper returns.
+        for i in 0..1000u64 {
+            let key = format!("test: race {i}");
+            let _ = run_for(key.clone(), Duration::from_millis(2), move || {
+                std::thread::sleep(Duration::from_micros(1700 + (i % 7) * 100))
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stuck().iter().any(|(k, _)| k.starts_with("test: race ")) {
+            assert!(Instant::now() < deadline, "wedged: {:?}", stuck());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn an_abandoned_result_is_undone() {
+        let undone = Arc::new(AtomicBool::new(false));
+        let u = undone.clone();
+        let e = run_or_undo(
+            "test: undo",
+            Duration::from_millis(20),
+            || {
+                std::thread::sleep(Duration::from_millis(100));
+                "frozen"
+            },
+            move |v| {
+                assert_eq!(v, "frozen");
+                u.store(true, Ordering::SeqCst)
+            },
+        );
+        assert!(e.is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !undone.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "never undone");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A call that returns in time is never undone.
+        let again = Arc::new(AtomicBool::new(false));
+        let a = again.clone();
+        assert_eq!(
+            run_or_undo(
+                "test: undo 2",
+                Duration::from_secs(5),
+                || 1,
+                move |_| { a.store(true, Ordering::SeqCst) }
+            ),
+            Ok(1)
+        );
+        assert!(!again.load(Ordering::SeqCst));
     }
 }

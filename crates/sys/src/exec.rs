@@ -169,15 +169,18 @@ impl Cmd {
         let status = match wait_deadline(&mut child, self.timeout) {
             Ok(Some(status)) => status,
             Ok(None) => {
-                kill_group(&mut child);
-                let _ = (join(stdout), join(stderr));
+                // A tool stuck in D state survives SIGKILL until its I/O
+                // returns: reap it (and drain its pipes) on other threads,
+                // never here.
+                kill_group(child);
+                drop((stdout, stderr));
                 return Err(ExecError::Timeout {
                     argv,
                     after: self.timeout,
                 });
             }
             Err(e) => {
-                kill_group(&mut child);
+                kill_group(child);
                 return Err(io_err(e));
             }
         };
@@ -243,13 +246,16 @@ fn wait_deadline(
     }
 }
 
-/// SIGKILLs the child's whole process group and reaps the child.
-fn kill_group(child: &mut Child) {
+/// SIGKILLs the child's whole process group; a detached thread reaps it
+/// whenever it dies (at once, unless it is stuck in uninterruptible I/O).
+fn kill_group(mut child: Child) {
     if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
         let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
     let _ = child.kill();
-    let _ = child.wait();
+    let _ = thread::Builder::new().name("reap".into()).spawn(move || {
+        let _ = child.wait();
+    });
 }
 
 /// The last `max` bytes of `s`, cut at a char boundary.

@@ -402,31 +402,57 @@ impl Host for RealHost {
     }
 
     fn mkfs(&self, dev: &Path, fs: FsType, args: &[String], uuid: &str) -> HostResult<()> {
-        // The tool has its own deadline (it is killed); no helper thread.
-        Ok(crate::fs::mkfs_with_uuid(dev, fs, args, uuid)?)
+        // The tool is killed at its own timeout; the helper thread also
+        // covers one stuck in D state, which no signal ends.
+        let (d, a, u) = (dev.to_path_buf(), args.to_vec(), uuid.to_string());
+        timed(format!("mkfs {}", d.display()), Deadline::Long, move || {
+            Ok(crate::fs::mkfs_with_uuid(&d, fs, &a, &u)?)
+        })
     }
 
     fn fsck(&self, dev: &Path) -> HostResult<()> {
-        Cmd::new("e2fsck")
-            .args(["-f", "-p"])
-            .arg(dev)
-            .ok_codes(&[0, 1])
-            .timeout(Deadline::Long.duration())
-            .run()?;
-        Ok(())
+        let d = dev.to_path_buf();
+        timed(
+            format!("e2fsck {}", d.display()),
+            Deadline::Long,
+            move || {
+                Cmd::new("e2fsck")
+                    .args(["-f", "-p"])
+                    .arg(&d)
+                    .ok_codes(&[0, 1])
+                    .timeout(Deadline::Long.duration())
+                    .run()?;
+                Ok(())
+            },
+        )
     }
 
     fn grow(&self, dev: &Path, mount_point: &Path, fs: FsType) -> HostResult<()> {
-        Ok(crate::fs::grow(dev, mount_point, fs)?)
+        let (d, m) = (dev.to_path_buf(), mount_point.to_path_buf());
+        timed(format!("grow {}", d.display()), Deadline::Long, move || {
+            Ok(crate::fs::grow(&d, &m, fs)?)
+        })
     }
 
     fn freeze(&self, mount_point: &Path) -> HostResult<()> {
-        let p = mount_point.to_path_buf();
-        timed(
+        // FIFREEZE first syncs the filesystem, which over a slow data path
+        // can outlast the deadline: a freeze that lands after its caller
+        // gave up is thawed at once, never left without an owner.
+        let (p, q) = (mount_point.to_path_buf(), mount_point.to_path_buf());
+        deadline::run_or_undo(
             format!("freeze {}", p.display()),
-            Deadline::Mount,
-            move || Ok(crate::fs::freeze(&p)?),
-        )
+            Deadline::Mount.duration(),
+            move || crate::fs::freeze(&p),
+            move |frozen| {
+                if frozen.is_ok()
+                    && let Err(e) = crate::fs::thaw(&q)
+                {
+                    tracing::error!(mount_point = %q.display(), error = %e,
+                        "thawing a freeze that outlived its caller failed");
+                }
+            },
+        )?
+        .map_err(HostError::from)
     }
 
     fn thaw(&self, mount_point: &Path) -> HostResult<()> {

@@ -199,6 +199,9 @@ pub enum Unstage {
     InUse(Vec<PathBuf>),
     /// Staged somewhere else; nothing of it is here (the spec's OK).
     NotHere(PathBuf),
+    /// The volume's staging mount sits under a mount it does not own:
+    /// nothing may be unmounted or detached under it.
+    Covered(String),
 }
 
 /// `staging` is the requested path; `file` the block bind inside it;
@@ -215,7 +218,24 @@ pub fn unstage(view: &View, staging: &Path, file: &Path, recorded: Option<&Path>
             ours.push(path.to_path_buf());
         }
     }
+    // Our mounts at these paths that the walk did not reach lie under a
+    // foreign one.
     let here = [staging, file];
+    let hidden = view
+        .held()
+        .filter(|h| here.contains(&h.mount_point.as_path()))
+        .count()
+        > ours.len();
+    if hidden {
+        let top = [file, staging]
+            .into_iter()
+            .find_map(|p| match view.at(p) {
+                AtPath::Foreign(what) => Some(format!("{what} at {}", p.display())),
+                _ => None,
+            })
+            .unwrap_or_else(|| "another mount".into());
+        return Unstage::Covered(top);
+    }
     let users: Vec<PathBuf> = view
         .elsewhere(&here)
         .map(|h| h.mount_point.clone())
@@ -484,6 +504,16 @@ mod tests {
             unstage(&block_view(), &p("/bstage"), &p("/bstage/v"), None),
             Unstage::Teardown(vec![p("/bstage/v")])
         );
+        // The staging mount under a foreign one: nothing is torn down.
+        let covered = View::from_parts(
+            MountTable::parse(&format!("{TABLE}50 30 0:60 / /stage rw - tmpfs tmpfs rw\n"))
+                .unwrap(),
+            vec![(30, held("/stage", false, false))],
+        );
+        assert!(matches!(
+            unstage(&covered, &p("/stage"), &p("/stage/id"), Some(&p("/stage"))),
+            Unstage::Covered(m) if m.contains("tmpfs")
+        ));
     }
 
     #[test]

@@ -282,6 +282,32 @@ fn stage_fs(
             }
             let att = backend.attach(id, secrets)?;
             check_data_path(backend, id, &att)?;
+            // Staged already, but not the way this request asks: the
+            // spec's ALREADY_EXISTS (an incompatible capability).
+            if fs.explicit && held.fs_type != fs.wanted.as_str() {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {id} is staged at {} with {}, not the requested {}",
+                    staging.display(),
+                    held.fs_type,
+                    fs.wanted.as_str()
+                )));
+            }
+            if held.read_only == fs.writable {
+                return Err(Error::AlreadyExists(format!(
+                    "volume {id} is staged at {} {}; this request asks for it {}",
+                    staging.display(),
+                    if held.read_only {
+                        "read-only"
+                    } else {
+                        "read-write"
+                    },
+                    if fs.writable {
+                        "read-write"
+                    } else {
+                        "read-only"
+                    }
+                )));
+            }
             if held.fs_errors {
                 return Err(Error::FailedPrecondition(format!(
                     "the filesystem of volume {id} at {} turned read-only after I/O errors; \
@@ -548,6 +574,26 @@ fn stage_block(
 }
 
 pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) -> Result<()> {
+    match teardown(d, backend, id, staging) {
+        Err(Error::Stalled(m)) => {
+            // Whatever stalled, the next unstage of this volume forces its
+            // way through if the data path is still hung then.
+            d.mark_stalled(id);
+            Err(Error::Stalled(format!(
+                "{m}; volume {id}'s data path is hung. Retry NodeUnstageVolume: if it is still \
+                 hung, the retry forces the teardown (lazy unmount, data path aborted; writes \
+                 not yet flushed are lost)"
+            )))
+        }
+        Err(e) => Err(e),
+        Ok(()) => {
+            d.clear_stalled(id);
+            record::remove(d, id)
+        }
+    }
+}
+
+fn teardown(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) -> Result<()> {
     let host = d.host.as_ref();
     let staging = paths::resolve(host, "staging_target_path", staging, false)?
         .unwrap_or_else(|| staging.to_path_buf());
@@ -571,15 +617,14 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
                 join(&paths)
             )));
         }
+        Unstage::Covered(what) => {
+            return Err(Error::FailedPrecondition(format!(
+                "volume {id}'s staging mount is covered by a mount it does not own ({what}); \
+                 haina unmounts nothing of someone else's: unmount that first"
+            )));
+        }
         Unstage::Teardown(mounts) => mounts,
     };
-    // A previous unstage of this volume stalled on its data path: this
-    // retry forces (lazy unmount, abort the data path). Unflushed writes
-    // are lost — which is why it is never the first attempt.
-    let force = d.is_stalled(id);
-    if force {
-        tracing::warn!(volume = %id, "a previous unstage stalled: forcing the teardown");
-    }
     // A data path already known dead (a killed FUSE server, a deleted
     // image): the unmounts fail their writes fast, and the detach must not
     // wait on the dead path.
@@ -592,43 +637,52 @@ pub fn unstage(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path)
     }
     if !mounts.is_empty() {
         // Per-device state goes while the device still exists (a loop
-        // device leaves with its last mount).
+        // device may leave with its last mount).
         backend.release(id)?;
     }
-    let mut plan = Plan::new();
+    let mut forced = false;
     for m in &mounts {
-        plan.then_keep(Step::Unmount {
+        let unmount = Step::Unmount {
             target: m.clone(),
-            lazy: force,
-        });
-    }
-    // The block stage's bind target (named after the volume: ours).
-    if mounts.contains(&file) || matches!(host.lstat(&file)?, Some(FileKind::File(_))) {
-        plan.then_keep(Step::RemoveFile(file.clone()));
-    }
-    let result = plan
-        .execute(host)
-        .and_then(|()| failpoint::hit("unstage-before-detach"))
-        .and_then(|()| {
-            if force || dead.is_some() {
-                backend.force_detach(id)
-            } else {
-                backend.detach(id)
+            lazy: false,
+        };
+        match unmount.run(host) {
+            Ok(()) => {}
+            // A previous unstage stalled and this one does too: the data
+            // path is still hung, so force it. Unflushed writes are lost —
+            // which is why it is never the first attempt.
+            Err(Error::Stalled(why)) if d.is_stalled(id) => {
+                tracing::warn!(volume = %id, mount = %m.display(), why,
+                    "the data path is still hung: unmounting lazily and forcing the teardown");
+                forced = true;
+                Step::Unmount {
+                    target: m.clone(),
+                    lazy: true,
+                }
+                .run(host)?;
             }
-        });
-    match result {
-        Err(Error::Stalled(m)) => {
-            d.mark_stalled(id);
-            Err(Error::Stalled(format!(
-                "{m}; volume {id}'s data path is hung. Retry NodeUnstageVolume to force the \
-                 teardown (lazy unmount, data path aborted; writes not yet flushed are lost)"
-            )))
+            Err(e) => {
+                // Still mounted: give back what release() took (limits).
+                if let Err(undo) = backend.attach(id, &Secrets::default()) {
+                    tracing::warn!(volume = %id, error = %undo,
+                        "restoring the volume's device state after a failed unstage");
+                }
+                return Err(e);
+            }
         }
-        Err(e) => Err(e),
-        Ok(()) => {
-            d.clear_stalled(id);
-            record::remove(d, id)
-        }
+    }
+    // The block stage's bind target (named after the volume). Looked at
+    // only once nothing of the volume is mounted over the staging path: a
+    // lookup through a mounted volume reads its data path.
+    let is_block = rec.as_ref().is_some_and(|r| r.block) || mounts.contains(&file);
+    if is_block || matches!(host.lstat(&file)?, Some(FileKind::File(_))) {
+        Step::RemoveFile(file.clone()).run(host)?;
+    }
+    failpoint::hit("unstage-before-detach")?;
+    if forced || dead.is_some() {
+        backend.force_detach(id)
+    } else {
+        backend.detach(id)
     }
 }
 

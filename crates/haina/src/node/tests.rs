@@ -465,18 +465,17 @@ fn a_stalled_unstage_is_forced_on_retry() {
     assert!(!n.d.is_stalled(&id));
     n.assert_clean(0);
 
-    // A hang before the unmount took effect: the retry unmounts lazily.
+    // A hang before the unmount took effect, and still there on the
+    // retry: the retry unmounts lazily.
     n.stage(&id, STAGE, &cap).unwrap();
-    n.host.rule(
-        Rule::new(
-            |c| matches!(c, Call::Unmount { lazy: false, .. }),
-            Action::Hang,
-        )
-        .once(),
-    );
+    n.host.rule(Rule::new(
+        |c| matches!(c, Call::Unmount { lazy: false, .. }),
+        Action::Hang,
+    ));
     n.unstage(&id, STAGE).unwrap_err();
     n.host.clear_calls();
     n.unstage(&id, STAGE).unwrap();
+    n.host.clear_rules();
     assert!(
         n.host.changes().contains(&Call::Unmount {
             target: STAGE.into(),
@@ -685,5 +684,100 @@ fn hostile_options_in_the_volume_context_are_refused_at_stage() {
     };
     let e = n.stage(&id, STAGE, &flags).unwrap_err();
     assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+    n.assert_clean(0);
+}
+
+/// A stall that has passed by the retry costs nothing: the retry unmounts
+/// normally (no lazy unmount, no forced detach, no lost writes).
+#[test]
+fn a_retry_after_a_passing_stall_does_not_force() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap();
+    n.host.rule(
+        Rule::new(
+            |c| matches!(c, Call::Unmount { lazy: false, .. }),
+            Action::Hang,
+        )
+        .once(),
+    );
+    let e = n.unstage(&id, STAGE).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::DeadlineExceeded, "{e}");
+    n.host.clear_calls();
+    n.unstage(&id, STAGE).unwrap();
+    assert!(
+        !n.host
+            .changes()
+            .iter()
+            .any(|c| matches!(c, Call::Unmount { lazy: true, .. })),
+        "{:?}",
+        n.host.changes()
+    );
+    n.assert_clean(0);
+}
+
+/// Unstage never looks up a path inside the volume's own mounted
+/// filesystem before unmounting it: that lookup reads through the data
+/// path, which may be the hung one.
+#[test]
+fn unstage_reads_nothing_through_the_volume_before_unmounting_it() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap();
+    n.host.clear_calls();
+    n.unstage(&id, STAGE).unwrap();
+    let calls = n.host.calls();
+    let unmount = calls
+        .iter()
+        .position(|c| matches!(c, Call::Unmount { .. }))
+        .expect("an unmount");
+    let inside = calls[..unmount]
+        .iter()
+        .filter_map(Call::path)
+        .find(|p| p.starts_with(STAGE) && *p != Path::new(STAGE));
+    assert_eq!(inside, None, "{calls:?}");
+    n.assert_clean(0);
+}
+
+/// A foreign mount stacked over the staging mount: unstage refuses, and
+/// detaches and forgets nothing (the filesystem under it is still mounted).
+#[test]
+fn a_covered_staging_mount_is_not_torn_down() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap();
+    n.host.mount_foreign(STAGE, "tmpfs", (0, 60));
+    let e = n.unstage(&id, STAGE).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
+    assert!(e.to_string().contains("tmpfs"), "{e}");
+    assert_eq!(n.host.loop_devices().len(), 1);
+    assert!(record::read(&n.d, &id).unwrap().is_some());
+    // Once the foreign mount goes, the unstage converges.
+    n.host.unmount(Path::new(STAGE), false).unwrap();
+    n.unstage(&id, STAGE).unwrap();
+    n.assert_clean(0);
+}
+
+/// A repeated stage asking for another filesystem or access than the one
+/// staged is the spec's ALREADY_EXISTS, not a silent OK.
+#[test]
+fn an_incompatible_restage_is_already_exists() {
+    let n = Node::new();
+    let id = n.create("v");
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap();
+    let e = n.stage(&id, STAGE, &fs_cap("xfs")).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    let ro = Capability {
+        access: AccessType::Mount {
+            fs_type: "ext4".into(),
+            mount_flags: vec![],
+        },
+        mode: AccessMode::SingleNodeReaderOnly,
+    };
+    let e = n.stage(&id, STAGE, &ro).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::AlreadyExists, "{e}");
+    n.stage(&id, STAGE, &fs_cap("ext4")).unwrap();
+    n.stage(&id, STAGE, &fs_cap("")).unwrap();
+    n.unstage(&id, STAGE).unwrap();
     n.assert_clean(0);
 }

@@ -117,9 +117,17 @@ pub fn observe(host: &dyn Host, backend: &dyn Backend, id: &VolumeId) -> Result<
         let devnode =
             e.root != Path::new("/") && matches!(e.fs_type.as_str(), "devtmpfs" | "tmpfs");
         let dev = if devnode {
-            match host.lstat(&e.mount_point)? {
-                Some(FileKind::BlockDevice(major, minor)) => identify(major, minor),
-                _ => None,
+            // A bind of a device node shows devtmpfs's number: the node
+            // itself says which device. One odd mount elsewhere on the node
+            // (unreadable, stalled) is not ours, and must not fail the call.
+            match host.lstat(&e.mount_point) {
+                Ok(Some(FileKind::BlockDevice(major, minor))) => identify(major, minor),
+                Ok(_) => None,
+                Err(err) => {
+                    tracing::warn!(mount_point = %e.mount_point.display(), error = %err,
+                        "cannot tell what a device-node bind serves; taking it as foreign");
+                    None
+                }
             }
         } else if e.major != 0 {
             identify(e.major, e.minor)
