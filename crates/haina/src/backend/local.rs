@@ -480,13 +480,21 @@ impl LocalPool {
         Ok(())
     }
 
+    /// Freezes `src`'s filesystem if it is mounted on this node, so that a
+    /// copy taken now is filesystem-consistent. Taken before the copy's
+    /// cost is measured: the freeze flushes dirty pages into the image,
+    /// and they must be in the measurement (and the reservation).
+    fn freeze_source(&self, src: &Path) -> Result<Option<crate::node::FreezeGuard>> {
+        match self.live_loop(src)? {
+            Some(dev) => crate::node::freeze_if_mounted(&self.host, &dev.path()),
+            None => Ok(None),
+        }
+    }
+
+    /// Builds the image under its temp name; a source must already be
+    /// frozen by the caller (see [`Self::freeze_source`]).
     fn build_tmp(&self, tmp: &Path, src: Option<&Path>, len: u64) -> Result<()> {
         if let Some(src) = src {
-            // A mounted source is frozen so the copy is filesystem-consistent.
-            let _frozen = match self.live_loop(src)? {
-                Some(dev) => crate::node::freeze_if_mounted(&self.host, &dev.path())?,
-                None => None,
-            };
             copy::copy_file(src, tmp, self.copy).map_err(|e| {
                 io_err(
                     &format!("copying ({}) {} to", self.copy.as_str(), src.display()),
@@ -647,6 +655,10 @@ impl Backend for LocalPool {
             .map(|s| self.source_image(s))
             .transpose()?;
         let image = self.volume_image(&spec.id);
+        let _frozen = match &src {
+            Some(s) => self.freeze_source(s)?,
+            None => None,
+        };
         let cost = spec
             .capacity
             .saturating_add(self.source_cost(spec.source.as_ref(), src.as_deref())?);
@@ -831,6 +843,7 @@ impl Backend for LocalPool {
             .get_volume(source, &Secrets::default())?
             .ok_or_else(|| Error::NotFound(format!("source_volume_id {source} does not exist")))?;
         let src = self.volume_image(source);
+        let _frozen = self.freeze_source(&src)?;
         let used =
             space::image_use(&src, self.shared_aware).map_err(|e| io_err("measuring", &src, e))?;
         // A reflink makes the source's owned blocks shared (the source may

@@ -165,6 +165,10 @@ impl LocalPool {
         }
         self.discard_group(&spec.id)?;
 
+        // Every member mounted here is frozen first: the freeze flushes
+        // dirty pages into the images, and the measurement below (and so
+        // the reservation) must see them.
+        let frozen = self.freeze_members(spec)?;
         let mut sources: Vec<(Volume, PathBuf)> = Vec::with_capacity(spec.members.len());
         let mut cost = 0u64;
         for (vol, _) in &spec.members {
@@ -210,8 +214,12 @@ impl LocalPool {
         state::write(&self.group_record(&spec.id), &record)?;
         let members = match self.copy_members(spec, &sources, record.created) {
             Ok(m) => m,
-            Err(e) => return Err(self.undo_create(&spec.id, e)),
+            Err(e) => {
+                drop(frozen);
+                return Err(self.undo_create(&spec.id, e));
+            }
         };
+        drop(frozen);
         record.state = State::Complete;
         if let Err(e) = state::write(&self.group_record(&spec.id), &record) {
             return Err(self.undo_create(&spec.id, e.into()));
@@ -237,17 +245,13 @@ impl LocalPool {
         }
     }
 
-    /// Freezes every member mounted here, then copies each; see the module
-    /// doc.
-    fn copy_members(
-        &self,
-        spec: &GroupSpec,
-        sources: &[(Volume, PathBuf)],
-        created: (i64, i32),
-    ) -> Result<Vec<Snapshot>> {
+    /// Freezes every member mounted here (in ID order; thawed when the
+    /// guards drop); see the module doc.
+    fn freeze_members(&self, spec: &GroupSpec) -> Result<Vec<crate::node::FreezeGuard>> {
         let mut frozen = Vec::new();
-        for ((vol, _), (_, image)) in spec.members.iter().zip(sources) {
-            let Some(dev) = self.live_loop(image)? else {
+        for (vol, _) in &spec.members {
+            let image = self.volume_image(vol);
+            let Some(dev) = self.live_loop(&image)? else {
                 continue;
             };
             match crate::node::freeze_if_mounted(&self.host, &dev.path())? {
@@ -262,6 +266,16 @@ impl LocalPool {
                 }
             }
         }
+        Ok(frozen)
+    }
+
+    /// Copies every (already frozen) member.
+    fn copy_members(
+        &self,
+        spec: &GroupSpec,
+        sources: &[(Volume, PathBuf)],
+        created: (i64, i32),
+    ) -> Result<Vec<Snapshot>> {
         let mut out = Vec::with_capacity(sources.len());
         for (i, ((vol, snap), (v, image))) in spec.members.iter().zip(sources).enumerate() {
             let dst = self.snapshot_image(snap);
@@ -279,7 +293,6 @@ impl LocalPool {
             failpoint::hit(&format!("group-member-{i}"))?;
             out.push(s);
         }
-        drop(frozen);
         Ok(out)
     }
 
