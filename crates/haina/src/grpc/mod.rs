@@ -37,6 +37,14 @@ where
     T: Send + 'static,
 {
     let start = Instant::now();
+    // The ID or name is client input: the log repeats a bounded part of it.
+    let bounded;
+    let object = if object.len() > crate::ids::MAX_ID_LEN {
+        bounded = crate::ids::echo(object);
+        bounded.as_str()
+    } else {
+        object
+    };
     let span = tracing::info_span!("rpc", method, id = object);
     let result = match tokio::task::spawn_blocking(move || span.in_scope(f)).await {
         Ok(r) => r,
