@@ -325,3 +325,31 @@ async fn an_interrupted_mkfs_of_ours_is_made_again() {
         .unwrap();
     delete_and_check(&server, &mut c, id).await;
 }
+
+/// A staging filesystem left frozen (a snapshot cut short by `kill -9`
+/// inside its freeze window, or an operator's `fsfreeze`) is thawed before
+/// unstage unmounts it: unmounted frozen, its superblock would outlive the
+/// mount with no path left to thaw it, and hold the loop device forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_thaws_a_filesystem_left_frozen() {
+    let server = Server::start().await;
+    let mut c = server.clients().await;
+    let cap = mount_cap("ext4", Mode::SingleNodeWriter);
+    let id = create(&mut c, "safety-frozen", &cap).await;
+    let target = mount_volume(&mut c, &server, &id, &cap, "frozen").await;
+    write_synced(&target.join("data"), "before the freeze");
+    let staging = server.path("frozen/staging");
+    let dev = sh(&["findmnt", "-n", "-o", "SOURCE", staging.to_str().unwrap()]);
+    let loop_name = dev.trim_start_matches("/dev/").to_string();
+    let superblock = Path::new("/sys/fs/ext4").join(&loop_name);
+    assert!(superblock.exists(), "{dev} holds no ext4");
+    haina_sys::fs::freeze(&staging).unwrap();
+
+    unmount_volume(&mut c, &server, &id, "frozen").await;
+    assert!(
+        !superblock.exists(),
+        "the frozen ext4 of {dev} outlived its unmount"
+    );
+    // And the loop device went with it (no loop over the deleted image).
+    delete_and_check(&server, &mut c, id).await;
+}

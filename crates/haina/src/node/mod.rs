@@ -646,7 +646,7 @@ fn teardown(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) ->
             target: m.clone(),
             lazy: false,
         };
-        match unmount.run(host) {
+        match thaw_leftover(host, m, &file).and_then(|()| unmount.run(host)) {
             Ok(()) => {}
             // A previous unstage stalled and this one does too: the data
             // path is still hung, so force it. Unflushed writes are lost —
@@ -684,6 +684,21 @@ fn teardown(d: &Driver, backend: &dyn Backend, id: &VolumeId, staging: &Path) ->
     } else {
         backend.detach(id)
     }
+}
+
+/// Thaws a staging filesystem left frozen (a snapshot cut short by
+/// `kill -9` inside its freeze window, or an operator's `fsfreeze`) before
+/// it is unmounted: unmounted frozen, its superblock would outlive the
+/// mount, frozen, with no path left to thaw it, and hold the device
+/// forever. No snapshot of ours can be inside its freeze window here: it
+/// holds this volume's in-flight guard. On a filesystem that is not frozen
+/// this is one ioctl that does nothing; the block stage's bind is skipped.
+fn thaw_leftover(host: &dyn Host, mount: &Path, block_file: &Path) -> Result<()> {
+    if mount == block_file {
+        return Ok(());
+    }
+    host.thaw(mount)
+        .map_err(|e| Error::from(e).context(format!("thawing {}", mount.display())))
 }
 
 pub struct PublishRequest<'a> {
