@@ -15,6 +15,8 @@
 //!   (its namespace dies) never leaves the server hung in D state; the loop
 //!   device goes with its last mount, and a new plugin cleans up and
 //!   restages with the data;
+//! - a loop device whose attach outlasted its deadline (the FUSE open was
+//!   slow) is detached when it lands: the failed stage leaves nothing;
 //! - in every case, no loop device is orphaned over a detached FUSE mount.
 //!
 //! Host deadlines are scaled down with HAINA_HOST_DEADLINE_MS; the time
@@ -459,6 +461,64 @@ async fn rbd_fuse_server_never_hangs_when_its_plugins_namespace_dies() {
         "written in the namespace"
     );
     unmount_on(&node, &m2).await;
+    unpublish(&ceph, &mut c, &id, &node.node_id).await;
+    delete(&ceph, &mut c, &id).await;
+    node.assert_no_leaks();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbd_a_loop_device_attached_after_its_deadline_is_detached() {
+    let Some(ceph) = Ceph::from_env("rbd_a_loop_device_attached_after_its_deadline_is_detached")
+    else {
+        return;
+    };
+    let orphans_before = orphaned_fuse_loops();
+    let controller = Plugin::start(&ceph, "controller").await;
+    let mut c = controller.clients().await;
+    // The server's open of the image (the loop attach) takes twice the
+    // plugin's deadline for it.
+    let slow_open = format!("sleep-{}", 2 * DEADLINE_MS.parse::<u64>().unwrap());
+    let mut node = Plugin::start_full(
+        &ceph,
+        "node",
+        &[
+            ("HAINA_HOST_DEADLINE_MS", DEADLINE_MS),
+            ("HAINA_FAILPOINTS", &format!("rbd-fuse-open={slow_open}")),
+        ],
+        PluginConfig::Secrets,
+    )
+    .await;
+    let id = create_in(&ceph, &mut c, "ceph", &node.unique("pvc-late")).await;
+    let r = bounded(
+        "a stage whose attach stalls",
+        publish_and_mount(&ceph, &mut c, &node, &id, &ext4(), "late"),
+    )
+    .await;
+    assert!(r.is_err(), "the stage should have failed at its deadline");
+
+    // The late device is detached when its open lands, and the failed
+    // stage's FUSE mount and server go: nothing left, nothing orphaned.
+    no_loops_under(node.dir.path()).await;
+    assert_no_orphaned_loops(&orphans_before).await;
+    let start = Instant::now();
+    while !node.fuse_servers().is_empty() {
+        assert!(
+            start.elapsed() < BOUND,
+            "the FUSE server outlived the failed stage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    node.assert_no_leaks();
+
+    // Without the slow open, the retried stage converges.
+    node.stop();
+    node.env.clear();
+    node.spawn().await;
+    let m = publish_and_mount(&ceph, &mut c, &node, &id, &ext4(), "late")
+        .await
+        .unwrap_or_else(|e| panic!("retry: {e}\n{}", node.logs()));
+    write_synced(&m.target.join("x"), "staged");
+    unmount_on(&node, &m).await;
     unpublish(&ceph, &mut c, &id, &node.node_id).await;
     delete(&ceph, &mut c, &id).await;
     node.assert_no_leaks();

@@ -247,12 +247,22 @@ pub fn attach(target: &Target<'_>, paths: &Paths, exe: &Path) -> Result<Attachme
         read_only: target.mode.read_only(),
     };
     // Opening the file goes through the server: bounded, like every call
-    // through the FUSE mount.
+    // through the FUSE mount. A device attached after this caller gave up
+    // belongs to no stage: it is detached at once (left, it would outlive
+    // the FUSE mount the failed attach stops, as a nameless `/image`).
     let file = paths.file.clone();
-    let attached = deadline::run(
+    let attached = deadline::run_or_undo(
         format!("attaching a loop device over {}", paths.file.display()),
-        Deadline::Mount,
+        Deadline::Mount.duration(),
         move || loopdev::attach_or_find(&file, &opts),
+        |late| {
+            if let Ok((dev, true)) = late
+                && let Err(e) = loopdev::detach(&dev)
+            {
+                tracing::error!(device = %dev.path().display(), error = %e,
+                    "detaching a loop device attached after its caller gave up");
+            }
+        },
     )
     .map_err(|e| AttachError::system(format!("attaching a loop device over {spec}"), e))
     .and_then(|r| {

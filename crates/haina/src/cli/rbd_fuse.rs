@@ -506,6 +506,8 @@ impl Filesystem for ImageFs {
         if self.read_only && flags.acc_mode() != OpenAccMode::O_RDONLY {
             return reply.error(Errno::EROFS);
         }
+        // (`sleep-MS`: an open that outlasts the plugin's attach deadline.)
+        let _ = crate::failpoint::hit("rbd-fuse-open");
         reply.opened(
             FileHandle(0),
             FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES,
