@@ -238,22 +238,43 @@ pub async fn connect_clients(socket: &Path) -> Clients {
 
 /// Mount points under `root`, deepest (most recent) first.
 pub fn mounts_under(root: &Path) -> Vec<String> {
+    typed_mounts_under(root)
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// [`mounts_under`], each with its filesystem type.
+fn typed_mounts_under(root: &Path) -> Vec<(String, String)> {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<String> = mounts
+    let mut points: Vec<(String, String)> = mounts
         .lines()
-        .filter_map(|l| l.split(' ').nth(4).map(String::from))
-        .filter(|p| p.starts_with(root.to_str().unwrap()))
+        .filter_map(|l| {
+            let point = l.split(' ').nth(4)?;
+            let fs_type = l.split(" - ").nth(1)?.split(' ').next()?;
+            Some((point.to_string(), fs_type.to_string()))
+        })
+        .filter(|(p, _)| p.starts_with(root.to_str().unwrap()))
         .collect();
     points.reverse();
     points
 }
 
 /// Lazily unmounts everything under `root` and detaches its loop devices.
+/// The loop devices are looked up first: one over a FUSE-served file under
+/// `root` shows as `/image` once that FUSE mount is gone, and nothing could
+/// find it then. A filesystem a failed test left frozen is thawed first:
+/// unmounted frozen, its superblock would hold the device forever.
 pub fn force_cleanup(root: &Path) {
-    for p in mounts_under(root) {
+    let loops = loops_under(root);
+    for (p, fs_type) in typed_mounts_under(root) {
+        // (Never a FUSE mount: opening it would wait on its server.)
+        if fs_type == "ext4" || fs_type == "xfs" {
+            let _ = haina_sys::fs::thaw(Path::new(&p));
+        }
         let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
     }
-    for (dev, _) in loops_under(root) {
+    for (dev, _) in loops {
         detach_loop(&dev);
     }
 }

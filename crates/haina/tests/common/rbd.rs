@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use haina_csi::v1 as csi;
 
 use crate::common::{
-    Clients, Mode, connect_clients, force_cleanup, loops_under, mounts_under, wait_until_serving,
+    Clients, Mode, connect_clients, force_cleanup, loops_under, wait_until_serving,
 };
 
 pub const MIB: i64 = 1 << 20;
@@ -411,14 +411,8 @@ impl Plugin {
 impl Drop for Plugin {
     fn drop(&mut self) {
         self.stop();
-        // Best effort, so one failed test does not poison the others: the
-        // pod mounts and loop devices first, then the FUSE mounts under them.
+        // Best effort, so one failed test does not poison the others.
         let root = self.dir.path().to_path_buf();
-        for p in mounts_under(&root) {
-            if !p.ends_with("/image") && !p.contains("/rbd/") {
-                let _ = rustix::mount::unmount(p.as_str(), rustix::mount::UnmountFlags::DETACH);
-            }
-        }
         force_cleanup(&root);
         for pid in fuse_servers_under(&root) {
             if let Some(pid) = rustix::process::Pid::from_raw(pid) {

@@ -251,6 +251,12 @@ impl Demo {
 /// detaches loop devices over its files. Only runs when the teardown left
 /// something, which the demo reports as a failure.
 fn force_clean(work: &Path, image: Option<&Path>) {
+    // Loop devices first: one over a FUSE-served file shows as `/image`
+    // once that mount is gone, and could not be found any more.
+    let mut loops = chain::loops_under(work);
+    if let Some(img) = image {
+        loops.extend(chain::loops_under(img));
+    }
     if let Ok(t) = MountTable::read() {
         let points: Vec<PathBuf> = chain::mounts_under(&t, work)
             .iter()
@@ -259,10 +265,6 @@ fn force_clean(work: &Path, image: Option<&Path>) {
         for p in points.iter().rev() {
             let _ = haina_sys::mount::unmount_lazy(p);
         }
-    }
-    let mut loops = chain::loops_under(work);
-    if let Some(img) = image {
-        loops.extend(chain::loops_under(img));
     }
     for (dev, _) in loops {
         if let Some(l) = haina_sys::loopdev::LoopDevice::from_path(&dev.path) {
