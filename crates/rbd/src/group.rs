@@ -22,7 +22,7 @@ use crate::cluster::cstring;
 use crate::error::{ERANGE, Result, check};
 use crate::ffi::{self, RbdGroupImageInfo, RbdGroupSnapInfo, RbdSnapGroupNamespace};
 use crate::image::Image;
-use crate::ioctx::{IoCtx, image_target, opt_cstr};
+use crate::ioctx::{IoCtx, fill_array, image_target, opt_cstr};
 
 /// EROFS: a member's lock holder refused to release it.
 pub const EROFS: i32 = 30;
@@ -143,37 +143,22 @@ impl IoCtx {
         let c = cstring(OP, "group name", group)?;
         let api = self.api();
         let size = std::mem::size_of::<RbdGroupImageInfo>();
-        let mut cap = 16usize;
-        loop {
-            let mut buf: Vec<RbdGroupImageInfo> = Vec::with_capacity(cap);
-            let mut n = cap;
-            // SAFETY: room for `n` entries of `size` bytes.
-            let rc = unsafe {
-                (api.rbd.rbd_group_image_list)(
-                    self.handle(),
-                    c.as_ptr(),
-                    buf.as_mut_ptr(),
-                    size,
-                    &mut n,
-                )
-            };
-            if rc == -ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(rc, OP, || self.group_target(group))?;
-            // SAFETY: librbd initialised the first `n` entries.
-            unsafe { buf.set_len(n) };
-            let out = buf
-                .iter()
-                .filter(|e| e.state == ffi::RBD_GROUP_IMAGE_STATE_ATTACHED)
-                // SAFETY: librbd-allocated strings.
-                .map(|e| unsafe { opt_cstr(e.name) })
-                .collect();
-            // SAFETY: frees what librbd allocated in those entries.
-            unsafe { (api.rbd.rbd_group_image_list_cleanup)(buf.as_mut_ptr(), size, n) };
-            return Ok(out);
-        }
+        // SAFETY: librbd fills up to `n` entries of `size` bytes.
+        let (rc, mut buf) = unsafe {
+            fill_array::<RbdGroupImageInfo>(16, |p, n| {
+                (api.rbd.rbd_group_image_list)(self.handle(), c.as_ptr(), p, size, n)
+            })
+        };
+        check(rc, OP, || self.group_target(group))?;
+        let out = buf
+            .iter()
+            .filter(|e| e.state == ffi::RBD_GROUP_IMAGE_STATE_ATTACHED)
+            // SAFETY: librbd-allocated strings.
+            .map(|e| unsafe { opt_cstr(e.name) })
+            .collect();
+        // SAFETY: frees what librbd allocated in those entries.
+        unsafe { (api.rbd.rbd_group_image_list_cleanup)(buf.as_mut_ptr(), size, buf.len()) };
+        Ok(out)
     }
 
     /// Takes a group snapshot: every member's exclusive lock is acquired,
@@ -209,39 +194,24 @@ impl IoCtx {
         let c = cstring(OP, "group name", group)?;
         let api = self.api();
         let size = std::mem::size_of::<RbdGroupSnapInfo>();
-        let mut cap = 8usize;
-        loop {
-            let mut buf: Vec<RbdGroupSnapInfo> = Vec::with_capacity(cap);
-            let mut n = cap;
-            // SAFETY: room for `n` entries of `size` bytes.
-            let rc = unsafe {
-                (api.rbd.rbd_group_snap_list)(
-                    self.handle(),
-                    c.as_ptr(),
-                    buf.as_mut_ptr(),
-                    size,
-                    &mut n,
-                )
-            };
-            if rc == -ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(rc, OP, || self.group_target(group))?;
-            // SAFETY: librbd initialised the first `n` entries.
-            unsafe { buf.set_len(n) };
-            let out = buf
-                .iter()
-                .map(|e| GroupSnap {
-                    // SAFETY: librbd-allocated string.
-                    name: unsafe { opt_cstr(e.name) },
-                    complete: e.state == ffi::RBD_GROUP_SNAP_STATE_COMPLETE,
-                })
-                .collect();
-            // SAFETY: frees what librbd allocated in those entries.
-            unsafe { (api.rbd.rbd_group_snap_list_cleanup)(buf.as_mut_ptr(), size, n) };
-            return Ok(out);
-        }
+        // SAFETY: librbd fills up to `n` entries of `size` bytes.
+        let (rc, mut buf) = unsafe {
+            fill_array::<RbdGroupSnapInfo>(8, |p, n| {
+                (api.rbd.rbd_group_snap_list)(self.handle(), c.as_ptr(), p, size, n)
+            })
+        };
+        check(rc, OP, || self.group_target(group))?;
+        let out = buf
+            .iter()
+            .map(|e| GroupSnap {
+                // SAFETY: librbd-allocated string.
+                name: unsafe { opt_cstr(e.name) },
+                complete: e.state == ffi::RBD_GROUP_SNAP_STATE_COMPLETE,
+            })
+            .collect();
+        // SAFETY: frees what librbd allocated in those entries.
+        unsafe { (api.rbd.rbd_group_snap_list_cleanup)(buf.as_mut_ptr(), size, buf.len()) };
+        Ok(out)
     }
 }
 

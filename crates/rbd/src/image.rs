@@ -13,7 +13,7 @@ use crate::error::{ENOENT, ERANGE, Error, Result, check};
 use crate::ffi::{
     self, RbdImageInfo, RbdImageT, RbdImageWatcher, RbdLinkedImageSpec, RbdSnapInfo, RbdSnapSpec,
 };
-use crate::ioctx::{Features, IoCtx, image_target, opt_cstr};
+use crate::ioctx::{Features, IoCtx, fill_array, image_target, opt_cstr};
 use crate::secret::Secret;
 
 /// Largest single librbd read/write: librbd returns the byte count as an
@@ -516,34 +516,25 @@ impl Image {
     /// The clients that have the image open read-write (each holds a watch).
     pub fn list_watchers(&self) -> Result<Vec<Watcher>> {
         const OP: &str = "rbd_watchers_list";
-        let mut cap = 8usize;
-        loop {
-            let mut buf: Vec<RbdImageWatcher> = Vec::with_capacity(cap);
-            let mut n = cap;
-            // SAFETY: room for `n` entries.
-            let rc = unsafe {
-                (self.api().rbd.rbd_watchers_list)(self.handle, buf.as_mut_ptr(), &mut n)
-            };
-            if rc == -ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            self.check(rc, OP)?;
-            // SAFETY: librbd initialised `n` entries.
-            unsafe { buf.set_len(n) };
-            let out = buf
-                .iter()
-                .map(|w| Watcher {
-                    // SAFETY: librbd-allocated string.
-                    addr: unsafe { opt_cstr(w.addr) },
-                    id: w.id,
-                    cookie: w.cookie,
-                })
-                .collect();
-            // SAFETY: frees what librbd allocated for those entries.
-            unsafe { (self.api().rbd.rbd_watchers_list_cleanup)(buf.as_mut_ptr(), n) };
-            return Ok(out);
-        }
+        // SAFETY: librbd fills up to `n` entries and says how many.
+        let (rc, mut buf) = unsafe {
+            fill_array::<RbdImageWatcher>(8, |p, n| {
+                (self.api().rbd.rbd_watchers_list)(self.handle, p, n)
+            })
+        };
+        self.check(rc, OP)?;
+        let out = buf
+            .iter()
+            .map(|w| Watcher {
+                // SAFETY: librbd-allocated string.
+                addr: unsafe { opt_cstr(w.addr) },
+                id: w.id,
+                cookie: w.cookie,
+            })
+            .collect();
+        // SAFETY: frees what librbd allocated for those entries.
+        unsafe { (self.api().rbd.rbd_watchers_list_cleanup)(buf.as_mut_ptr(), buf.len()) };
+        Ok(out)
     }
 
     /// Takes the image's exclusive lock (needs the exclusive-lock feature)

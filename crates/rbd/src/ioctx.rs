@@ -3,7 +3,7 @@
 //! [`Features`]), clone (v2), remove, list, open. Also [`Features`], the
 //! RBD image feature bits.
 
-use std::ffi::{CStr, c_char};
+use std::ffi::{CStr, c_char, c_int};
 use std::fmt;
 use std::ops::{BitOr, BitOrAssign};
 use std::sync::Arc;
@@ -395,32 +395,25 @@ impl IoCtx {
     pub fn trash_list(&self) -> Result<Vec<(String, String, i64)>> {
         const OP: &str = "rbd_trash_list";
         let api = self.api();
-        let mut cap = 64usize;
-        loop {
-            let mut buf: Vec<RbdTrashImageInfo> = Vec::with_capacity(cap);
-            let mut n = cap;
-            // SAFETY: `buf` has room for `n` entries; librbd fills up to `n`.
-            let rc = unsafe { (api.rbd.rbd_trash_list)(self.handle(), buf.as_mut_ptr(), &mut n) };
-            if rc == -ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(rc, OP, || format!("pool {}", self.inner.pool))?;
-            // SAFETY: librbd initialised the first `n` entries.
-            unsafe { buf.set_len(n) };
-            let out = buf
-                .iter()
-                .filter(|e| e.source == RBD_TRASH_IMAGE_SOURCE_USER)
-                .map(|e| {
-                    // SAFETY: librbd-allocated C strings (or null).
-                    let (id, name) = unsafe { (opt_cstr(e.id), opt_cstr(e.name)) };
-                    (id, name, e.deletion_time)
-                })
-                .collect();
-            // SAFETY: frees the strings librbd allocated in those entries.
-            unsafe { (api.rbd.rbd_trash_list_cleanup)(buf.as_mut_ptr(), n) };
-            return Ok(out);
-        }
+        // SAFETY: librbd fills up to `n` entries and says how many.
+        let (rc, mut buf) = unsafe {
+            fill_array::<RbdTrashImageInfo>(64, |p, n| {
+                (api.rbd.rbd_trash_list)(self.handle(), p, n)
+            })
+        };
+        check(rc, OP, || format!("pool {}", self.inner.pool))?;
+        let out = buf
+            .iter()
+            .filter(|e| e.source == RBD_TRASH_IMAGE_SOURCE_USER)
+            .map(|e| {
+                // SAFETY: librbd-allocated C strings (or null).
+                let (id, name) = unsafe { (opt_cstr(e.id), opt_cstr(e.name)) };
+                (id, name, e.deletion_time)
+            })
+            .collect();
+        // SAFETY: frees the strings librbd allocated in those entries.
+        unsafe { (api.rbd.rbd_trash_list_cleanup)(buf.as_mut_ptr(), buf.len()) };
+        Ok(out)
     }
 
     /// Names of the images in the pool (not in the trash).
@@ -436,31 +429,22 @@ impl IoCtx {
     pub fn list_image_specs(&self) -> Result<Vec<ImageSpec>> {
         const OP: &str = "rbd_list2";
         let api = self.api();
-        let mut cap = 64usize;
-        loop {
-            let mut buf: Vec<RbdImageSpec> = Vec::with_capacity(cap);
-            let mut n = cap;
-            // SAFETY: `buf` has room for `n` entries; librbd fills up to `n`.
-            let rc = unsafe { (api.rbd.rbd_list2)(self.handle(), buf.as_mut_ptr(), &mut n) };
-            if rc == -ERANGE {
-                cap = n.max(cap * 2);
-                continue;
-            }
-            check(rc, OP, || format!("pool {}", self.inner.pool))?;
-            // SAFETY: librbd initialised the first `n` entries.
-            unsafe { buf.set_len(n) };
-            let out = buf
-                .iter()
-                .map(|s| ImageSpec {
-                    // SAFETY: librbd-allocated C strings (or null).
-                    id: unsafe { opt_cstr(s.id) },
-                    name: unsafe { opt_cstr(s.name) },
-                })
-                .collect();
-            // SAFETY: frees the strings librbd allocated in those entries.
-            unsafe { (api.rbd.rbd_image_spec_list_cleanup)(buf.as_mut_ptr(), n) };
-            return Ok(out);
-        }
+        // SAFETY: librbd fills up to `n` entries and says how many.
+        let (rc, mut buf) = unsafe {
+            fill_array::<RbdImageSpec>(64, |p, n| (api.rbd.rbd_list2)(self.handle(), p, n))
+        };
+        check(rc, OP, || format!("pool {}", self.inner.pool))?;
+        let out = buf
+            .iter()
+            .map(|s| ImageSpec {
+                // SAFETY: librbd-allocated C strings (or null).
+                id: unsafe { opt_cstr(s.id) },
+                name: unsafe { opt_cstr(s.name) },
+            })
+            .collect();
+        // SAFETY: frees the strings librbd allocated in those entries.
+        unsafe { (api.rbd.rbd_image_spec_list_cleanup)(buf.as_mut_ptr(), buf.len()) };
+        Ok(out)
     }
 
     /// Opens an image read-write (at its head).
@@ -498,6 +482,35 @@ pub(crate) unsafe fn opt_cstr(p: *const c_char) -> String {
     } else {
         // SAFETY: per the contract above.
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+}
+
+/// Calls a librbd list function that fills an array of `T` and, when the
+/// array is too small, answers -ERANGE with the count it needs in `n`:
+/// grows the array until the entries fit. Returns the call's return code
+/// and, when it succeeded, the entries it filled (for the caller to read,
+/// then hand back to the function's cleanup).
+///
+/// # Safety
+/// `fill(ptr, n)` must write at most `*n` entries at `ptr` and leave in
+/// `*n` how many it wrote (or, with -ERANGE, how many it needs).
+pub(crate) unsafe fn fill_array<T>(
+    mut cap: usize,
+    mut fill: impl FnMut(*mut T, &mut usize) -> c_int,
+) -> (c_int, Vec<T>) {
+    loop {
+        let mut buf: Vec<T> = Vec::with_capacity(cap);
+        let mut n = cap;
+        let rc = fill(buf.as_mut_ptr(), &mut n);
+        if rc == -ERANGE {
+            cap = n.max(cap * 2);
+            continue;
+        }
+        if rc >= 0 {
+            // SAFETY: per the contract above, the first `n` entries are set.
+            unsafe { buf.set_len(n.min(cap)) };
+        }
+        return (rc, buf);
     }
 }
 
