@@ -54,16 +54,6 @@ fn pool_files(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-async fn delete(c: &mut Clients, id: &str) {
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 /// Writes 1 MiB chunks of `byte` to `path` until `limit` bytes or an error;
 /// returns what was written (fsync'ed) and the error, if any.
 fn fill(path: &Path, byte: u8, limit: u64) -> (u64, Option<std::io::Error>) {
@@ -201,7 +191,7 @@ async fn get_capacity_is_what_create_accepts_and_refusals_leave_nothing() {
         .create_volume(create_in("small", "all", avail))
         .await
         .unwrap();
-    delete(&mut c, &v.volume_id).await;
+    delete_volume(&mut c, &v.volume_id).await;
     assert_eq!(capacity(&mut c, "small").await, (avail, avail));
     server.assert_no_leaks();
     assert_pool_clean(&fs, &root);
@@ -272,7 +262,7 @@ async fn a_volume_filling_itself_leaves_its_neighbour_writing() {
 
     for (id, tag) in [(&noisy.volume_id, "noisy"), (&quiet.volume_id, "quiet")] {
         unmount_volume(&mut c, &server, id, tag).await;
-        delete(&mut c, id).await;
+        delete_volume(&mut c, id).await;
     }
     server.assert_no_leaks();
     assert_pool_clean(&fs, &root);
@@ -476,7 +466,7 @@ async fn overcommit_is_opt_in() {
         .volume
         .unwrap();
     for id in [v.volume_id, w.volume_id] {
-        delete(&mut c, &id).await;
+        delete_volume(&mut c, &id).await;
     }
     server.assert_no_leaks();
     assert_pool_clean(&fs, &strict);
@@ -589,7 +579,7 @@ async fn reflink_snapshots_count_the_blocks_they_share() {
     }
     assert!(freed >= before - 4 * MIB, "{freed} < {before}");
     unmount_volume(&mut c, &server, &v.volume_id, "src").await;
-    delete(&mut c, &v.volume_id).await;
+    delete_volume(&mut c, &v.volume_id).await;
     server.assert_no_leaks();
     assert_pool_clean(&fs, &root);
 }

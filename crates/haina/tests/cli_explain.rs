@@ -153,13 +153,7 @@ async fn unpublish_unstage_delete(c: &mut Clients, v: &Volume, k: &Kubelet) {
         })
         .await
         .unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: v.id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(c, &v.id).await;
 }
 
 fn umount(p: &Path, lazy: bool) {

@@ -265,21 +265,9 @@ async fn create_volume_errors() {
             "{}",
             v.volume_id
         );
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: v.volume_id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, &v.volume_id).await;
     }
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: v.volume_id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &v.volume_id).await;
     server.assert_no_leaks();
 }
 
@@ -829,13 +817,7 @@ async fn node_errors() {
     );
     c.node.node_unstage_volume(unstage.clone()).await.unwrap();
     c.node.node_unstage_volume(unstage).await.unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, id).await;
     server.assert_no_leaks();
 }
 
@@ -873,13 +855,7 @@ async fn concurrent_operation_on_a_volume_is_aborted() {
         })
         .await
         .unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &vol.volume_id).await;
     server.assert_no_leaks();
 }
 
@@ -1102,13 +1078,7 @@ async fn hostile_mkfs_and_mount_options_are_refused_naming_them() {
         .unwrap()
         .into_inner();
     assert!(v.confirmed.is_none() && v.message.contains("-z"), "{v:?}");
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &id).await;
     server.assert_no_leaks();
 }
 
@@ -1194,13 +1164,7 @@ async fn huge_client_input_is_echoed_bounded() {
         .into_inner()
         .entries
     {
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: e.volume.unwrap().volume_id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, &e.volume.unwrap().volume_id).await;
     }
     server.assert_no_leaks();
 }

@@ -57,16 +57,6 @@ async fn create_in(
         .volume_id
 }
 
-async fn delete_volume(c: &mut Clients, id: &str) {
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 async fn delete_group(
     c: &mut Clients,
     id: &str,

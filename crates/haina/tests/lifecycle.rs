@@ -236,13 +236,7 @@ async fn lifecycle(fs: &str, size: i64) {
         .await
         .unwrap();
     for _ in 0..2 {
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, &id).await;
     }
     server.assert_no_leaks();
 }
@@ -326,12 +320,6 @@ async fn readonly_controller_publish_mounts_read_only() {
         })
         .await
         .unwrap();
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: vol.volume_id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &vol.volume_id).await;
     server.assert_no_leaks();
 }

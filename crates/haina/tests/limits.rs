@@ -65,13 +65,7 @@ async fn max_volumes_per_node_is_reported_and_enforced() {
         .unwrap();
     unmount_volume(&mut c, &server, &ids[1], "v1").await;
     for id in ids {
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, &id).await;
     }
     server.assert_no_leaks();
 }

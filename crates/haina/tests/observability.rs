@@ -96,13 +96,7 @@ async fn metrics_health_and_json_logs() {
     assert_eq!(get(port, "/nope").0, "HTTP/1.1 404 Not Found");
 
     unmount_volume(&mut c, &server, &v.volume_id, "m").await;
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: v.volume_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &v.volume_id).await;
 
     // /healthz follows readiness: an unwritable pool is not ready.
     let volumes = server.data_dir().join("pools/default/volumes");

@@ -172,13 +172,7 @@ async fn qos_local_fs_limits_hold_change_live_and_survive_restage() {
         [0; 4],
         "a rule is left on {dev2} after unstage"
     );
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &id).await;
     server.assert_no_leaks();
 }
 
@@ -226,13 +220,7 @@ async fn qos_local_block_limits_hold_and_change_live() {
         [0; 4],
         "a rule is left on {dev} after unstage"
     );
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(&mut c, &id).await;
     server.assert_no_leaks();
 }
 
@@ -377,13 +365,7 @@ async fn qos_errors_name_the_key_and_value() {
     assert!(bad.message.contains("qosWriteIops"), "{}", bad.message);
 
     for v in [id.as_str(), "default.qos-sc"] {
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: v.into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, v).await;
     }
 }
 
@@ -471,41 +453,15 @@ async fn qos_bench_local() {
     let target = mount_volume(&mut c, &server, &id, &cap, "a").await;
     let mut rules = fio::RuleGuard::default();
     rules.watch(&fio::dev_num(&the_device(&server)));
-    println!(
-        "{:<40} {:>10} {:>12} {:>7} {:>14}",
-        "workload", "limit", "measured", "ratio", "unlimited"
-    );
-    for (key, limit, rw, bs, bytes) in [
-        ("qosWriteIops", 200u64, "randwrite", "4k", false),
-        ("qosReadIops", 300, "randread", "4k", false),
-        ("qosWriteBps", 8 << 20, "write", "128k", true),
-        ("qosReadBps", 16 << 20, "read", "128k", true),
-    ] {
-        let all = [
-            ("qosWriteIops", "0"),
-            ("qosReadIops", "0"),
-            ("qosWriteBps", "0"),
-            ("qosReadBps", "0"),
-        ];
-        modify(&mut c, &id, &all).await.unwrap();
-        let free = fio::run(&[Job::new(rw, bs, &target)])[0];
-        modify(&mut c, &id, &[(key, &limit.to_string())])
+    fio::BenchCase::print_header();
+    for case in &fio::BENCH {
+        modify(&mut c, &id, &fio::NO_LIMITS).await.unwrap();
+        let free = fio::run(&[case.job(&target)])[0];
+        modify(&mut c, &id, &[(case.key, &case.limit_param())])
             .await
             .unwrap();
-        let r = fio::run(&[Job::new(rw, bs, &target)])[0];
-        let (m, f) = if bytes {
-            (r.bps, free.bps)
-        } else {
-            (r.iops, free.iops)
-        };
-        println!(
-            "{:<40} {:>10} {:>12.1} {:>6.2}x {:>14.1}",
-            format!("local block {rw} {bs} ({key})"),
-            limit,
-            m,
-            m / limit as f64,
-            f
-        );
+        let r = fio::run(&[case.job(&target)])[0];
+        case.print_row("local block", r, free);
     }
     unmount_volume(&mut c, &server, &id, "a").await;
 }

@@ -441,43 +441,17 @@ async fn rbd_qos_bench() {
     let m = publish_and_mount(&ceph, &mut c, &plugin, &id, &cap, "a")
         .await
         .unwrap();
-    println!(
-        "{:<40} {:>10} {:>12} {:>7} {:>14}",
-        "workload", "limit", "measured", "ratio", "unlimited"
-    );
-    for (key, limit, rw, bs, bytes) in [
-        ("qosWriteIops", 200u64, "randwrite", "4k", false),
-        ("qosReadIops", 300, "randread", "4k", false),
-        ("qosWriteBps", 8 << 20, "write", "128k", true),
-        ("qosReadBps", 16 << 20, "read", "128k", true),
-    ] {
-        let all = [
-            ("qosWriteIops", "0"),
-            ("qosReadIops", "0"),
-            ("qosWriteBps", "0"),
-            ("qosReadBps", "0"),
-        ];
-        modify(&ceph, &mut c, &id, &all).await.unwrap();
+    fio::BenchCase::print_header();
+    for case in &fio::BENCH {
+        modify(&ceph, &mut c, &id, &fio::NO_LIMITS).await.unwrap();
         settle().await;
-        let free = fio::run(&[Job::new(rw, bs, &m.target)])[0];
-        modify(&ceph, &mut c, &id, &[(key, &limit.to_string())])
+        let free = fio::run(&[case.job(&m.target)])[0];
+        modify(&ceph, &mut c, &id, &[(case.key, &case.limit_param())])
             .await
             .unwrap();
         settle().await;
-        let r = fio::run(&[Job::new(rw, bs, &m.target)])[0];
-        let (got, f) = if bytes {
-            (r.bps, free.bps)
-        } else {
-            (r.iops, free.iops)
-        };
-        println!(
-            "{:<40} {:>10} {:>12.1} {:>6.2}x {:>14.1}",
-            format!("rbd block {rw} {bs} ({key})"),
-            limit,
-            got,
-            got / limit as f64,
-            f
-        );
+        let r = fio::run(&[case.job(&m.target)])[0];
+        case.print_row("rbd block", r, free);
     }
     unmount_on(&plugin, &m).await;
     unpublish(&ceph, &mut c, &id, &plugin.node_id).await;

@@ -82,13 +82,7 @@ fn root_is_read_write() -> bool {
 
 /// Deletes the volume and checks nothing of the test is left.
 async fn delete_and_check(server: &Server, c: &mut Clients, id: String) {
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    delete_volume(c, &id).await;
     server.assert_no_leaks();
 }
 
@@ -167,13 +161,7 @@ async fn unpublish_never_unmounts_what_is_not_the_volumes() {
     unmount_volume(&mut c, &server, &a, "a").await;
     unmount_volume(&mut c, &server, &b, "b").await;
     for id in [a, b] {
-        c.controller
-            .delete_volume(csi::DeleteVolumeRequest {
-                volume_id: id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        delete_volume(&mut c, &id).await;
     }
     server.assert_no_leaks();
 }

@@ -56,16 +56,6 @@ fn snapshot_req(name: &str, source: &str) -> csi::CreateSnapshotRequest {
     }
 }
 
-async fn delete(c: &mut Clients, id: &str) {
-    c.controller
-        .delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
 fn statvfs_total(p: &std::path::Path) -> u64 {
     let st = rustix::fs::statvfs(p).unwrap();
     st.f_blocks * st.f_frsize
@@ -217,7 +207,7 @@ async fn snapshot_restore_and_clone_on_a_sparse_copy_pool() {
 
     // Delete the source: its snapshot stays restorable.
     unmount_volume(&mut c, &server, &src.volume_id, "src").await;
-    delete(&mut c, &src.volume_id).await;
+    delete_volume(&mut c, &src.volume_id).await;
     let late = c
         .controller
         .create_volume(from_snapshot("late", 0, cap.clone(), &snap.snapshot_id))
@@ -303,9 +293,9 @@ async fn snapshot_restore_and_clone_on_a_sparse_copy_pool() {
         (&late.volume_id, "late"),
     ] {
         unmount_volume(&mut c, &server, id, tag).await;
-        delete(&mut c, id).await;
+        delete_volume(&mut c, id).await;
     }
-    delete(&mut c, &other.volume_id).await;
+    delete_volume(&mut c, &other.volume_id).await;
     for _ in 0..2 {
         c.controller
             .delete_snapshot(csi::DeleteSnapshotRequest {
@@ -401,7 +391,7 @@ async fn reflink_pool_clones_in_constant_space_and_xfs_clones_mount_beside_their
     unmount_volume(&mut c, &server, &clone.volume_id, "xclone").await;
     unmount_volume(&mut c, &server, &src.volume_id, "xsrc").await;
     for id in [&clone.volume_id, &src.volume_id] {
-        delete(&mut c, id).await;
+        delete_volume(&mut c, id).await;
     }
     c.controller
         .delete_snapshot(csi::DeleteSnapshotRequest {
@@ -453,7 +443,7 @@ async fn freeze_is_thawed_when_the_copy_fails() {
     assert!(files_with_ext(&server.data_dir().join("pools/default/snapshots"), "img").is_empty());
     assert!(files_with_ext(&server.data_dir().join("pools/default/snapshots"), "tmp").is_empty());
     unmount_volume(&mut c, &server, &v.volume_id, "f").await;
-    delete(&mut c, &v.volume_id).await;
+    delete_volume(&mut c, &v.volume_id).await;
     server.assert_no_leaks();
 }
 
@@ -531,7 +521,7 @@ async fn online_expansion_while_mounted() {
         Code::NotFound,
     );
     unmount_volume(&mut c, &server, &v.volume_id, "g").await;
-    delete(&mut c, &v.volume_id).await;
+    delete_volume(&mut c, &v.volume_id).await;
     server.assert_no_leaks();
 }
 
@@ -590,7 +580,7 @@ async fn ext4_grows_at_stage_and_block_volumes_need_no_node_step() {
         .into_inner();
     assert_eq!(n.capacity_bytes, 96 * MIB);
     unmount_volume(&mut c, &server, &v.volume_id, "e").await;
-    delete(&mut c, &v.volume_id).await;
+    delete_volume(&mut c, &v.volume_id).await;
 
     // Block: the attached device shows the new size at once.
     let bcap = block_cap(Mode::SingleNodeWriter);
@@ -615,7 +605,7 @@ async fn ext4_grows_at_stage_and_block_volumes_need_no_node_step() {
     assert_eq!(size, 48 << 20);
     drop(f);
     unmount_volume(&mut c, &server, &b.volume_id, "b").await;
-    delete(&mut c, &b.volume_id).await;
+    delete_volume(&mut c, &b.volume_id).await;
     server.assert_no_leaks();
 }
 
@@ -664,7 +654,7 @@ async fn snapshot_of_a_mounted_volume_includes_unsynced_writes() {
     );
     for (id, tag) in [(&r.volume_id, "r"), (&v.volume_id, "d")] {
         unmount_volume(&mut c, &server, id, tag).await;
-        delete(&mut c, id).await;
+        delete_volume(&mut c, id).await;
     }
     c.controller
         .delete_snapshot(csi::DeleteSnapshotRequest {

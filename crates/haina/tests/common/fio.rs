@@ -134,19 +134,19 @@ pub fn dev_num(dev: &str) -> String {
         .to_string()
 }
 
+/// The cgroup v1 blkio throttle files, in the order [`rules`] reports.
+const THROTTLE_FILES: [&str; 4] = [
+    "read_iops_device",
+    "write_iops_device",
+    "read_bps_device",
+    "write_bps_device",
+];
+
 /// The cgroup v1 blkio throttle rules of `MAJ:MIN`:
 /// `[read_iops, write_iops, read_bps, write_bps]`, 0 where there is none.
 pub fn rules(devnum: &str) -> [u64; 4] {
     let mut out = [0; 4];
-    for (i, f) in [
-        "read_iops_device",
-        "write_iops_device",
-        "read_bps_device",
-        "write_bps_device",
-    ]
-    .iter()
-    .enumerate()
-    {
+    for (i, f) in THROTTLE_FILES.iter().enumerate() {
         let text =
             std::fs::read_to_string(format!("/sys/fs/cgroup/blkio/blkio.throttle.{f}")).unwrap();
         out[i] = text
@@ -178,12 +178,7 @@ impl Drop for RuleGuard {
             return;
         }
         for num in &self.0 {
-            for f in [
-                "read_iops_device",
-                "write_iops_device",
-                "read_bps_device",
-                "write_bps_device",
-            ] {
+            for f in THROTTLE_FILES {
                 let _ = std::fs::write(
                     format!("/sys/fs/cgroup/blkio/blkio.throttle.{f}"),
                     format!("{num} 0\n"),
@@ -197,6 +192,82 @@ impl Drop for RuleGuard {
 /// QoS tests read (they skip, saying so, where it has not).
 pub fn have_v1_blkio() -> bool {
     Path::new("/sys/fs/cgroup/blkio/blkio.throttle.write_iops_device").exists()
+}
+
+/// One workload of the QoS benchmarks: a limit on one parameter, and the
+/// fio job it bounds.
+pub struct BenchCase {
+    pub key: &'static str,
+    pub limit: u64,
+    pub rw: &'static str,
+    pub bs: &'static str,
+    /// The limit is in bytes/s (else operations/s).
+    pub bytes: bool,
+}
+
+/// The QoS benchmarks' workloads, one per limit.
+pub const BENCH: [BenchCase; 4] = [
+    BenchCase::new("qosWriteIops", 200, "randwrite", "4k", false),
+    BenchCase::new("qosReadIops", 300, "randread", "4k", false),
+    BenchCase::new("qosWriteBps", 8 << 20, "write", "128k", true),
+    BenchCase::new("qosReadBps", 16 << 20, "read", "128k", true),
+];
+
+/// Every QoS limit off.
+pub const NO_LIMITS: [(&str, &str); 4] = [
+    ("qosWriteIops", "0"),
+    ("qosReadIops", "0"),
+    ("qosWriteBps", "0"),
+    ("qosReadBps", "0"),
+];
+
+impl BenchCase {
+    const fn new(
+        key: &'static str,
+        limit: u64,
+        rw: &'static str,
+        bs: &'static str,
+        bytes: bool,
+    ) -> Self {
+        BenchCase {
+            key,
+            limit,
+            rw,
+            bs,
+            bytes,
+        }
+    }
+
+    pub fn job(&self, target: &Path) -> Job {
+        Job::new(self.rw, self.bs, target)
+    }
+
+    /// The limit, as the mutable parameter's value.
+    pub fn limit_param(&self) -> String {
+        self.limit.to_string()
+    }
+
+    pub fn print_header() {
+        println!(
+            "{:<40} {:>10} {:>12} {:>7} {:>14}",
+            "workload", "limit", "measured", "ratio", "unlimited"
+        );
+    }
+
+    /// Prints the rate under the limit as a ratio of the limit, beside the
+    /// rate without one (measured in the same run).
+    pub fn print_row(&self, label: &str, limited: Rate, free: Rate) {
+        let pick = |r: Rate| if self.bytes { r.bps } else { r.iops };
+        let m = pick(limited);
+        println!(
+            "{:<40} {:>10} {:>12.1} {:>6.2}x {:>14.1}",
+            format!("{label} {} {} ({})", self.rw, self.bs, self.key),
+            self.limit,
+            m,
+            m / self.limit as f64,
+            pick(free)
+        );
+    }
 }
 
 /// The mutable parameters the csi-sanity runs get (README, docs/qos.md).

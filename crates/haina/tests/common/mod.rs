@@ -459,6 +459,17 @@ pub async fn unmount_volume(c: &mut Clients, server: &Server, id: &str, tag: &st
         .unwrap();
 }
 
+/// DeleteVolume, which must succeed.
+pub async fn delete_volume(c: &mut Clients, id: &str) {
+    c.controller
+        .delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("delete {id}: {e}"));
+}
+
 pub fn write_synced(path: &Path, text: &str) {
     use std::io::Write;
     let mut f = std::fs::File::create(path).unwrap();
