@@ -174,16 +174,19 @@ where
             match *st {
                 Outcome::Abandoned => {
                     // The caller gave up on us: we were stuck, and now we
-                    // are not. Only our own entry goes (a later call with
-                    // the same key may have registered since).
+                    // are not. Undone first, while still registered: a twin
+                    // call is refused until then, so it can neither meet
+                    // our result half-undone (a freeze it would take over,
+                    // a device it would adopt) nor lose its own to the
+                    // undo. Then only our own entry goes (a later call
+                    // with the same key may have registered since).
+                    drop(st);
+                    tracing::warn!(call = %key, "a stalled host call finally returned");
+                    undo(out);
                     let mut reg = lock();
                     if reg.get(&key).is_some_and(|s| s.token == token) {
                         reg.remove(&key);
                     }
-                    drop(reg);
-                    drop(st);
-                    tracing::warn!(call = %key, "a stalled host call finally returned");
-                    undo(out);
                 }
                 _ => {
                     *st = Outcome::Done(out);
@@ -337,5 +340,44 @@ mod tests {
             Ok(1)
         );
         assert!(!again.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn a_twin_is_refused_until_the_undo_is_done() {
+        let (in_undo, release) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (i, r) = (in_undo.clone(), release.clone());
+        let key = "test: undo before release";
+        let e = run_or_undo(
+            key,
+            Duration::from_millis(20),
+            || std::thread::sleep(Duration::from_millis(50)),
+            move |()| {
+                i.store(true, Ordering::SeqCst);
+                while !r.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            },
+        );
+        assert!(e.is_err());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !in_undo.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "never undone");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The call has returned, but its undo is still running.
+        let twin = run_for(key, Duration::from_secs(5), || 1);
+        assert!(
+            twin.as_ref().is_err_and(|s| s.stuck_for.is_some()),
+            "{twin:?}"
+        );
+        release.store(true, Ordering::SeqCst);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while run_for(key, Duration::from_secs(5), || 1).is_err() {
+            assert!(Instant::now() < deadline, "still refused after the undo");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
