@@ -167,18 +167,24 @@ pub fn create_group_snapshot(
         guards.push(d.limiter.snapshot(s)?);
     }
 
-    if let Some(g) = backend.get_group_snapshot(&id, secrets)? {
-        let has: BTreeSet<String> = sources_of(&g).into_iter().map(String::from).collect();
-        if has != wanted {
-            return Err(conflict(&g));
+    match backend.get_group_snapshot(&id, secrets)? {
+        Some(g) => {
+            let has: BTreeSet<String> = sources_of(&g).into_iter().map(String::from).collect();
+            if has != wanted {
+                return Err(conflict(&g));
+            }
+            // The same group again: the backend's create is idempotent,
+            // and finishes what a crash after its commit left (its sources
+            // may be gone since; the group stands without them).
         }
-        return Ok(g);
-    }
-    for (i, v) in sources.iter().enumerate() {
-        if backend.get_volume(v, secrets)?.is_none() {
-            return Err(Error::NotFound(format!(
-                "source_volume_ids[{i}] {v} does not exist"
-            )));
+        None => {
+            for (i, v) in sources.iter().enumerate() {
+                if backend.get_volume(v, secrets)?.is_none() {
+                    return Err(Error::NotFound(format!(
+                        "source_volume_ids[{i}] {v} does not exist"
+                    )));
+                }
+            }
         }
     }
     let spec = GroupSpec {

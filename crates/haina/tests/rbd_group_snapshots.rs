@@ -452,13 +452,22 @@ async fn rbd_group_snapshot_errors_and_kill_9_converge() {
     assert_group_gone(&ceph, &name, &member_ids(&name, &vols), &vols);
 
     // kill -9 inside the freeze window (the mounted member stays frozen),
-    // then after the point in time, between two members.
-    for point in ["rbd-group-point=abort", "group-member-1=abort"] {
+    // then after the point in time, between two members, then after the
+    // commit (the RBD group holding the point in time is still there).
+    for (n, point) in [
+        "rbd-group-point=abort",
+        "group-member-1=abort",
+        "rbd-group-committed=abort",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let tag = format!("p{n}");
         p.stop();
         p.env = vec![("HAINA_FAILPOINTS".into(), point.into())];
         p.spawn().await;
         let mut c = p.clients().await;
-        let group = format!("{name}-{}", &point[..5]);
+        let group = format!("{name}-{}", tag);
         assert!(
             c.group
                 .create_volume_group_snapshot(group_req(&ceph, &group, &vols))
@@ -478,7 +487,7 @@ async fn rbd_group_snapshot_errors_and_kill_9_converge() {
             .group_snapshot
             .unwrap();
         // Thawed: the mounted member takes writes again.
-        let after = format!("after-{}", &point[..5]);
+        let after = format!("after-{}", tag);
         let path = m.target.join(&after);
         let w = tokio::task::spawn_blocking(move || common::write_synced(&path, "after"));
         tokio::time::timeout(Duration::from_secs(30), w)
@@ -486,11 +495,18 @@ async fn rbd_group_snapshot_errors_and_kill_9_converge() {
             .expect("the filesystem was left frozen")
             .unwrap();
         let ids: Vec<String> = g.snapshots.iter().map(|s| s.snapshot_id.clone()).collect();
+        // The point in time is taken: its RBD group (which pins a snapshot
+        // of every source) is gone.
+        let point_group = format!("csi-group-{}", object(&g.group_snapshot_id));
+        assert!(
+            !ceph.connect().group_list().unwrap().contains(&point_group),
+            "RBD group {point_group} left after the retry of {point}"
+        );
         let mut sorted = vols.clone();
         sorted.sort();
         assert_eq!(ids, member_ids(&group, &sorted));
         for (i, s) in g.snapshots.iter().enumerate() {
-            let rname = p.unique(&format!("kr{i}-{}", &point[..5]));
+            let rname = p.unique(&format!("kr{i}-{}", tag));
             let r = c
                 .controller
                 .create_volume(from_snapshot(&ceph, &rname, &s.snapshot_id))

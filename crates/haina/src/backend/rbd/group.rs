@@ -301,6 +301,7 @@ impl RbdPool {
                 });
             }
         };
+        failpoint::hit("rbd-group-committed")?;
         self.drop_point(&c, &name)?;
         tracing::info!(group = %spec.id, members = members.len(), point, "group snapshot complete");
         Ok(GroupSnapshot {
